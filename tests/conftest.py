@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devstack.procs import Proc, free_port, start_redis
+from devstack.stack import Stack
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -34,3 +35,22 @@ def redis_url(redis_server: tuple[Proc, str]) -> Iterator[str]:
     client.flushdb()
     client.close()
     yield url
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The whole system as real processes on free ports, shared by every test that needs it.
+
+    The services' logs stay under test-artifacts/stack-logs for a failed run to be read.
+    """
+    workdir = tmp_path_factory.mktemp("stack")
+    with Stack(workdir=workdir) as running:
+        try:
+            yield running
+        finally:
+            dead = running.dead()
+            logs = ARTIFACTS / "stack-logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            for log in (workdir / "logs").glob("*.log"):
+                (logs / log.name).write_bytes(log.read_bytes())
+            assert not dead, f"services died during the tests: {dead}"

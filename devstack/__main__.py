@@ -1,0 +1,76 @@
+"""`make run`: start the whole system locally and print the chat page's URL; Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+
+from devstack.procs import free_port
+from devstack.stack import Ports, Stack, default_workdir
+
+
+def port_or_free(preferred: int) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=["run"], nargs="?", default="run")
+    parser.add_argument("--workers", type=int, default=1, help="inference worker actors (default 1)")
+    parser.add_argument("--port", type=int, default=8000, help="gateway port (default 8000, or a free one if taken)")
+    parser.add_argument("--snapshot-url", default=None, help="file:///dir (default: .state/run/snapshots) or s3://…")
+    args = parser.parse_args(argv)
+
+    ports = Ports.free()
+    ports.gateway = port_or_free(args.port)
+    workdir = default_workdir()
+    print(f"Starting Halo Weave (state in {workdir}, logs in {workdir / 'logs'})", flush=True)
+    stack = Stack(workdir=workdir, workers=args.workers, snapshot_url=args.snapshot_url, ports=ports, log=True)
+
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopped everything", flush=True)
+        return 130
+    except (TimeoutError, RuntimeError) as error:
+        print(f"\nstart-up failed: {error}", file=sys.stderr, flush=True)
+        return 1
+
+    line = "=" * 64
+    print(f"\n{line}\n  Halo Weave is running. Open the chat:  {stack.gateway_url}/\n{line}", flush=True)
+    print("  Ctrl-C stops everything.", flush=True)
+    try:
+        while not stopping:
+            dead = stack.dead()
+            if dead:
+                for name in dead:
+                    print(f"\n{name} exited unexpectedly:\n{stack.procs[name].tail()}", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping...", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

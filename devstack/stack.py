@@ -1,0 +1,176 @@
+"""The whole system as local processes: Redis, tracker, snapshot, inference (Ray), gateway.
+
+Used by `make run` (fixed, friendly ports where free) and by the end-to-end tests (free ports, a private work dir).
+Services are started in dependency order and each is waited on through its own health check, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from devstack.procs import Proc, free_port, python_module, start_redis, wait_until
+from services.common.grpc_server import check_health
+
+# Generous: the inference service loads the model and starts Ray, which takes tens of seconds on a busy 2-core machine.
+START_TIMEOUTS = {"tracker": 90.0, "snapshot": 60.0, "inference": 240.0, "gateway": 60.0}
+
+
+def grpc_healthy(address: str) -> bool:
+    return asyncio.run(check_health(address, timeout=2.0))
+
+
+def http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2.0).status_code == 200
+
+
+@dataclass
+class Ports:
+    redis: int
+    tracker: int
+    snapshot: int
+    inference: int
+    gateway: int
+    tracker_metrics: int
+    snapshot_metrics: int
+    inference_metrics: int
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(8)))
+
+
+@dataclass
+class Stack:
+    """Starts everything on enter, stops everything (by pid, in reverse order) on exit."""
+
+    workdir: Path
+    workers: int = 1
+    snapshot_url: str | None = None
+    env: dict[str, str] | None = None
+    ports: Ports = field(default_factory=Ports.free)
+    redis_appendonly: bool = True
+    log: bool = False  # print progress lines (make run)
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    # ---- addresses ------------------------------------------------------------------------------------------------
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports.redis}/0"
+
+    @property
+    def tracker_addr(self) -> str:
+        return f"127.0.0.1:{self.ports.tracker}"
+
+    @property
+    def snapshot_addr(self) -> str:
+        return f"127.0.0.1:{self.ports.snapshot}"
+
+    @property
+    def inference_addr(self) -> str:
+        return f"127.0.0.1:{self.ports.inference}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ports.gateway}/v1/chat"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {
+            "tracker": f"http://127.0.0.1:{self.ports.tracker_metrics}/metrics",
+            "snapshot": f"http://127.0.0.1:{self.ports.snapshot_metrics}/metrics",
+            "inference": f"http://127.0.0.1:{self.ports.inference_metrics}/metrics",
+            "gateway": f"{self.gateway_url}/metrics",
+        }
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------------
+    def service_env(self) -> dict[str, str]:
+        snapshots = self.workdir / "snapshots"
+        return {
+            "HALOWEAVE_REDIS_URL": self.redis_url,
+            "HALOWEAVE_TRACKER_ADDR": self.tracker_addr,
+            "HALOWEAVE_SNAPSHOT_ADDR": self.snapshot_addr,
+            "HALOWEAVE_INFERENCE_ADDR": self.inference_addr,
+            "HALOWEAVE_TRACKER_LISTEN": self.tracker_addr,
+            "HALOWEAVE_SNAPSHOT_LISTEN": self.snapshot_addr,
+            "HALOWEAVE_INFERENCE_LISTEN": self.inference_addr,
+            "HALOWEAVE_TRACKER_METRICS_PORT": str(self.ports.tracker_metrics),
+            "HALOWEAVE_SNAPSHOT_METRICS_PORT": str(self.ports.snapshot_metrics),
+            "HALOWEAVE_INFERENCE_METRICS_PORT": str(self.ports.inference_metrics),
+            "HALOWEAVE_GATEWAY_HOST": "127.0.0.1",
+            "HALOWEAVE_GATEWAY_PORT": str(self.ports.gateway),
+            "HALOWEAVE_SNAPSHOT_URL": self.snapshot_url or f"file://{snapshots}",
+            "HALOWEAVE_INFERENCE_WORKERS": str(self.workers),
+            # Ray keeps its session files here rather than in /tmp/ray, so parallel stacks never share one.
+            "RAY_TMPDIR": str(self.workdir / "ray"),
+            "PYTHONUNBUFFERED": "1",
+            **(self.env or {}),
+        }
+
+    def _say(self, message: str) -> None:
+        if self.log:
+            print(f"  {message}", flush=True)
+
+    def _start(self, name: str, check: str, timeout: float) -> Proc:
+        started = time.monotonic()
+        proc = Proc(name, python_module(f"services.{name}"), self.service_env(), self.workdir / "logs" / f"{name}.log")
+        self.procs[name] = proc
+        if check.startswith("http"):
+            wait_until(lambda: http_ok(check), timeout, f"{name} at {check}", proc)
+        else:
+            wait_until(lambda: grpc_healthy(check), timeout, f"{name} gRPC health at {check}", proc)
+        self._say(f"{name:<9} ready in {time.monotonic() - started:4.1f} s (pid {proc.pid})")
+        return proc
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "ray").mkdir(exist_ok=True)
+        try:
+            self.procs["redis"] = start_redis(
+                self.workdir / "redis",
+                self.ports.redis,
+                self.workdir / "logs" / "redis.log",
+                appendonly=self.redis_appendonly,
+            )
+            self._say(f"redis     ready on port {self.ports.redis} (pid {self.procs['redis'].pid})")
+            self._start("tracker", self.tracker_addr, START_TIMEOUTS["tracker"])
+            self._start("snapshot", self.snapshot_addr, START_TIMEOUTS["snapshot"])
+            self._say("inference loading the model and starting Ray (first start takes a while)...")
+            self._start("inference", self.inference_addr, START_TIMEOUTS["inference"])
+            self._start("gateway", f"{self.gateway_url}/healthz", START_TIMEOUTS["gateway"])
+            wait_until(lambda: http_ok(f"{self.gateway_url}/readyz"), 60, "gateway /readyz", self.procs["gateway"])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.procs[name].stop()
+        self.procs.clear()
+
+    def dead(self) -> list[str]:
+        """Names of started services whose process has exited."""
+        return [name for name, proc in self.procs.items() if not proc.alive()]
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("HALOWEAVE_STATE_DIR", Path(__file__).resolve().parents[1] / ".state" / "run"))
