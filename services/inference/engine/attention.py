@@ -1,0 +1,140 @@
+"""The registered attention function: the model's own attention, plus the newest query's row when asked.
+
+Registered under one name with both `AttentionInterface` (the computation) and `AttentionMaskInterface` (transformers'
+SDPA mask builder, so the model keeps building masks for it). Every Llama-, Qwen-, Mistral- and Gemma-style attention
+module calls it with keys and values *not* expanded over query heads: query head h reads KV head h // (H / KV).
+
+- Decode (one query): scores, one softmax, output. When capturing, that same softmax is the captured row, so capture
+  costs one small reduction per layer and no second pass.
+- Prefill (many queries): torch's fused SDPA, which never materialises the [q, ctx] map. When capturing, the last
+  query is left out of the fused call and computed like a decode step, so only its row ever exists.
+
+Causality is by cache slot: new tokens are always appended, so slot order is time order even when RoPE positions have
+gaps after pruning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .capture import CaptureSink
+
+ATTENTION_NAME = "haloweave"
+CAPTURE_KWARG = "haloweave_capture"
+
+
+def register() -> None:
+    """Idempotent; called by the engine before loading a model with attn_implementation=ATTENTION_NAME."""
+    AttentionInterface.register(ATTENTION_NAME, attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def _allowed(q_len: int, kv_len: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """Bool [q_len, kv_len]: query i (the slot kv_len - q_len + i) sees slots <= its own, within the sliding window."""
+    q_slots = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+    kv_slots = torch.arange(kv_len, device=device)[None, :]
+    allowed = kv_slots <= q_slots
+    if window is not None:
+        allowed &= kv_slots > q_slots - window
+    return allowed
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask
+
+
+def _rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit attention for a few queries with grouped KV heads, never expanding K or V.
+
+    query [b, H, q, d], key/value [b, KV, T, d], mask broadcastable to [b, 1, q, T] (True = attend) or None.
+    Returns the output [b, H, q, d] and the float32 probabilities [b, H, q, T] it was computed from.
+    """
+    b, heads, q_len, d = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    grouped = query.reshape(b, kv_heads, group * q_len, d)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling  # [b, KV, group*q, T]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = _apply_mask(scores.view(b, kv_heads, group, q_len, kv_len), mask[:, :, None]).view_as(scores)
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs.to(value.dtype), value)  # [b, KV, group*q, d]
+    return out.view(b, heads, q_len, d), probs.view(b, heads, q_len, kv_len)
+
+
+def _fused(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    window: int | None,
+) -> torch.Tensor:
+    """torch SDPA with grouped KV heads; bottom-right causal. Returns [b, H, q, d]."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    is_causal = False
+    if mask is None:
+        if q_len == kv_len and window is None:
+            is_causal = True  # SDPA's causal flag is top-left aligned: right only when q covers all of kv
+        elif q_len > 1 or window is not None:
+            mask = _allowed(q_len, kv_len, window, query.device)[None, None]
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+    )
+
+
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The AttentionInterface signature; returns ([b, q, H, d], None)."""
+    sink: CaptureSink | None = kwargs.get(CAPTURE_KWARG)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    q_len, kv_len = query.shape[2], key.shape[2]
+    mask = attention_mask[:, :, :, :kv_len] if attention_mask is not None else None
+
+    if q_len == 1 or softcap is not None:
+        # Decode, or a soft-capped model (which fused SDPA cannot express): explicit rows.
+        if mask is None and (q_len > 1 or sliding_window is not None):
+            mask = _allowed(q_len, kv_len, sliding_window, query.device)[None, None]
+        out, probs = _rows(query, key, value, mask, scale, softcap)
+        if sink is not None:
+            sink.add(int(module.layer_idx), probs[0, :, -1])
+        return out.transpose(1, 2), None
+
+    if sink is None:
+        return _fused(query, key, value, mask, scale, sliding_window).transpose(1, 2), None
+
+    # Prefill with capture: the first q-1 queries never see the last slot, so they run fused over kv[:-1];
+    # the last query runs explicitly over everything and is the only row ever materialised.
+    head_mask = mask[:, :, :-1, :-1] if mask is not None else None
+    head = _fused(query[:, :, :-1], key[:, :, :-1], value[:, :, :-1], head_mask, scale, sliding_window)
+    last_mask = mask[:, :, -1:, :] if mask is not None else None
+    if last_mask is None and sliding_window is not None:
+        last_mask = _allowed(1, kv_len, sliding_window, query.device)[None, None]
+    tail, probs = _rows(query[:, :, -1:], key, value, last_mask, scale, None)
+    sink.add(int(module.layer_idx), probs[0, :, -1])
+    return torch.cat([head, tail], dim=2).transpose(1, 2), None

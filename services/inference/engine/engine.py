@@ -1,0 +1,176 @@
+"""The engine: a transformers causal LM driven one step at a time over per-session KV caches.
+
+Every forward passes explicit RoPE positions (after pruning, the cache length no longer says where the next token
+sits) and, when asked, collects the newest query's attention row through the registered attention function.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from services.common import model_store
+
+from . import attention
+from .capture import CaptureSink, check_mode
+from .config import EngineConfig
+from .errors import EngineInputError
+from .kv_cache import SessionCache
+from .transfer import export_arrays, import_arrays
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # [vocab] float32 on CPU, for the last input token
+    attention: np.ndarray | None  # float32 [ctx] over cache slots incl. the last input token; None if capture off
+    full: np.ndarray | None  # float16 [layers, heads, ctx] when the mode is "full"
+    seconds: float  # forward + capture
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, model: PreTrainedModel | None = None, tokenizer: Any = None) -> None:
+        """Loads the model from `config.model_path`; `model`/`tokenizer` inject an already built one (benchmarks
+        use randomly initialised models at real shapes, which have no directory to load from)."""
+        self.config = config
+        if config.threads is not None and config.device == "cpu":
+            torch.set_num_threads(config.threads)
+        attention.register()
+        path = Path(config.model_path)
+        if model is None:
+            if not (path / "config.json").exists():
+                raise EngineInputError(f"model_path: {path} holds no config.json (a transformers model directory)")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=config.torch_dtype, attn_implementation=attention.ATTENTION_NAME
+            )
+            model = model.to(config.device)
+        else:
+            model.set_attn_implementation(attention.ATTENTION_NAME)
+        model.eval()
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(path))
+        text = model.config.get_text_config(decoder=True)
+        self.model_name = str(getattr(model.config, "_name_or_path", "") or path.name) or path.name
+        self.num_layers = int(text.num_hidden_layers)
+        self.num_heads = int(text.num_attention_heads)
+        self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // self.num_heads)
+        self.vocab_size = int(text.vocab_size)
+        self.dtype = config.dtype
+        self.device = config.device
+        self.tokenizer_fingerprint = model_store.tokenizer_fingerprint(path) if path.exists() else ""
+        self.eos_token_ids = _eos_ids(model, self.tokenizer)
+        self._device = torch.device(config.device)
+
+    # ---- caches -------------------------------------------------------------------------------------------------
+
+    def new_cache(self) -> SessionCache:
+        return SessionCache(self.num_layers)
+
+    def evict(self, cache: SessionCache, positions: list[int]) -> None:
+        """Removes the tokens at `positions` from every layer in place; survivors keep their RoPE positions."""
+        if not positions:
+            return
+        index = {p: i for i, p in enumerate(cache.positions)}
+        drop = set()
+        for p in positions:
+            if p not in index:
+                raise EngineInputError(f"evict: position {p} is not in the cache")
+            drop.add(index[p])
+        keep = [i for i in range(len(cache)) if i not in drop]
+        slots = torch.tensor(keep, dtype=torch.long, device=self._device)
+        for layer in cache.layers:
+            layer.keep(slots)
+        cache.positions = [cache.positions[i] for i in keep]
+        cache.token_ids = [cache.token_ids[i] for i in keep]
+
+    def rebuild(self, cache: SessionCache, token_ids: list[int], positions: list[int]) -> None:
+        """Reprefill mode: forgets the cache and prefills the surviving tokens at their own positions."""
+        self._check_tokens(token_ids, positions, after=-1)
+        fresh = self.new_cache()
+        if token_ids:
+            self.prefill(fresh, token_ids, positions, capture=None)
+        cache.layers, cache.kv = fresh.layers, fresh.kv
+        cache.positions, cache.token_ids = fresh.positions, fresh.token_ids
+
+    def export_cache(self, cache: SessionCache) -> dict[str, np.ndarray]:
+        return export_arrays(cache, self.dtype)
+
+    def import_cache(self, arrays: dict[str, np.ndarray]) -> SessionCache:
+        cache = self.new_cache()
+        import_arrays(
+            cache, arrays, self.dtype, self._device, (self.num_layers, self.num_kv_heads, self.head_dim, self.vocab_size)
+        )
+        return cache
+
+    # ---- forwards -----------------------------------------------------------------------------------------------
+
+    def prefill(
+        self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None
+    ) -> StepOutput:
+        """Appends tokens at their RoPE positions; captures only the last query's row."""
+        self._check_tokens(token_ids, positions, after=cache.positions[-1] if cache.positions else -1)
+        if not token_ids:
+            raise EngineInputError("prefill: no tokens given")
+        return self._forward(cache, token_ids, positions, capture)
+
+    def decode(self, cache: SessionCache, token_id: int, position: int, capture: str | None) -> StepOutput:
+        return self.prefill(cache, [token_id], [position], capture)
+
+    def _forward(self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None) -> StepOutput:
+        check_mode(capture)
+        started = time.perf_counter()
+        before = len(cache)
+        ctx = before + len(token_ids)
+        sink = (
+            CaptureSink(capture, self.num_layers, self.num_heads, ctx, self._device) if capture is not None else None
+        )
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self._device)
+        position_ids = torch.tensor([positions], dtype=torch.long, device=self._device)
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=input_ids,
+                    position_ids=position_ids,
+                    past_key_values=cache.kv,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{attention.CAPTURE_KWARG: sink},
+                )
+            logits = out.logits[0, -1].float().cpu()
+            row, full = sink.result() if sink is not None else (None, None)
+        except BaseException:
+            cache.truncate(before)  # a failed forward may have appended to some layers: undo, lose nothing
+            raise
+        cache.positions.extend(positions)
+        cache.token_ids.extend(token_ids)
+        return StepOutput(logits=logits, attention=row, full=full, seconds=time.perf_counter() - started)
+
+    def _check_tokens(self, token_ids: list[int], positions: list[int], after: int) -> None:
+        if len(token_ids) != len(positions):
+            raise EngineInputError(f"{len(token_ids)} token ids but {len(positions)} positions")
+        previous = after
+        for p in positions:
+            if p <= previous:
+                raise EngineInputError(f"positions must ascend past {after}: got {p} after {previous}")
+            previous = p
+        for t in token_ids:
+            if not 0 <= t < self.vocab_size:
+                raise EngineInputError(f"token id {t} is outside the vocabulary [0, {self.vocab_size})")
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    for value in eos if isinstance(eos, list) else [eos]:
+        if value is not None:
+            ids.add(int(value))
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
