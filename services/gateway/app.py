@@ -1,0 +1,105 @@
+"""The FastAPI app: built by `create_app(config)`, nothing read from the environment here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from services.common import grpc_server
+from services.gateway import protocol
+from services.gateway.config import GatewayConfig
+from services.gateway.connection import Connection, Deps
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.peers import Peers
+from services.gateway.rest import ApiError, api_error_response, router
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = aioredis.Redis.from_url(config.redis_url)
+        peers = Peers(config.tracker_addr, config.snapshot_addr, config.rpc_timeout_s)
+        app.state.deps = Deps(config=config, redis=redis, peers=peers, metrics=metrics)
+        try:
+            yield
+        finally:
+            await peers.close()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="Halo Weave gateway",
+        version="1",
+        description="WebSocket chat at /v1/chat (protocol haloweave.chat.v1, see docs/websocket.md) and session REST.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, ApiError)
+        metrics.errors.labels(error.code).inc()
+        return api_error_response(error)
+
+    @app.exception_handler(RedisError)
+    async def on_redis_error(_request: Request, error: Exception) -> JSONResponse:
+        metrics.errors.labels(protocol.UNAVAILABLE).inc()
+        return api_error_response(ApiError(protocol.UNAVAILABLE, f"Redis: {error}"))
+
+    @app.websocket("/v1/chat")
+    async def chat(ws: WebSocket) -> None:
+        await Connection(ws, ws.app.state.deps).serve()
+
+    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Redis and every gRPC peer answer")
+    async def readyz(request: Request) -> JSONResponse:
+        deps: Deps = request.app.state.deps
+        checks = await _check_peers(deps)
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+async def _check_peers(deps: Deps) -> dict[str, bool]:
+    async def redis_ok() -> bool:
+        try:
+            return bool(await deps.redis.ping())
+        except RedisError:
+            return False
+
+    config = deps.config
+    names = ["redis", "tracker", "snapshot", "inference"]
+    results: tuple[Any, ...] = await asyncio.gather(
+        redis_ok(),
+        grpc_server.check_health(config.tracker_addr),
+        grpc_server.check_health(config.snapshot_addr),
+        grpc_server.check_health(config.inference_addr),
+        return_exceptions=True,
+    )
+    return {name: result is True for name, result in zip(names, results, strict=True)}

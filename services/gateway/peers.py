@@ -1,0 +1,84 @@
+"""The gateway's gRPC clients: the tracker and the snapshot service, with their errors as domain errors.
+
+Call sites never see grpc: a status becomes the matching `services.common.errors` exception, so the WebSocket and REST
+layers map one error type to their own codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
+from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
+
+from services.common import errors, grpc_server
+
+T = TypeVar("T")
+
+_ERRORS: dict[grpc.StatusCode, type[errors.HaloWeaveError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
+
+
+async def _call(what: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        kind = _ERRORS.get(error.code(), errors.HaloWeaveError)
+        raise kind(f"{what}: {error.details() or error.code().name}") from None
+
+
+class Peers:
+    """One channel per peer for the gateway's lifetime; calls are bounded by `timeout`."""
+
+    def __init__(self, tracker_addr: str, snapshot_addr: str, timeout: float) -> None:
+        self.timeout = timeout
+        self._tracker_channel = grpc_server.channel(tracker_addr)
+        self._snapshot_channel = grpc_server.channel(snapshot_addr)
+        self.tracker = tracker_pb2_grpc.TrackerStub(self._tracker_channel)
+        self.snapshot = snapshot_pb2_grpc.SnapshotStub(self._snapshot_channel)
+
+    async def close(self) -> None:
+        await self._tracker_channel.close()
+        await self._snapshot_channel.close()
+
+    async def create_session(self) -> tracker_pb2.SessionInfo:
+        return await _call(
+            "CreateSession", self.tracker.CreateSession(tracker_pb2.CreateSessionRequest(), timeout=self.timeout)
+        )
+
+    async def get_session(self, session_id: str) -> tracker_pb2.SessionInfo:
+        ref = tracker_pb2.SessionRef(session_id=session_id)
+        return await _call("GetSession", self.tracker.GetSession(ref, timeout=self.timeout))
+
+    async def append_user_message(self, session_id: str, text: str) -> tracker_pb2.AppendMessageResponse:
+        request = tracker_pb2.AppendMessageRequest(session_id=session_id, role="user", text=text)
+        return await _call("AppendMessage", self.tracker.AppendMessage(request, timeout=self.timeout))
+
+    async def get_settings(self, session_id: str) -> tracker_pb2.Settings:
+        ref = tracker_pb2.SessionRef(session_id=session_id)
+        return await _call("GetSettings", self.tracker.GetSettings(ref, timeout=self.timeout))
+
+    async def update_settings(self, session_id: str, settings: tracker_pb2.Settings) -> tracker_pb2.Settings:
+        request = tracker_pb2.UpdateSettingsRequest(session_id=session_id, settings=settings)
+        return await _call("UpdateSettings", self.tracker.UpdateSettings(request, timeout=self.timeout))
+
+    async def cancel(self, session_id: str) -> None:
+        ref = tracker_pb2.SessionRef(session_id=session_id)
+        await _call("Cancel", self.tracker.Cancel(ref, timeout=self.timeout))
+
+    async def export(self, session_id: str) -> tracker_pb2.ExportResponse:
+        ref = tracker_pb2.SessionRef(session_id=session_id)
+        return await _call("Export", self.tracker.Export(ref, timeout=self.timeout))
+
+    async def list_snapshots(self, session_id: str) -> snapshot_pb2.ListResponse:
+        request = snapshot_pb2.ListRequest(session_id=session_id)
+        return await _call("List", self.snapshot.List(request, timeout=self.timeout))

@@ -1,0 +1,90 @@
+"""Relaying one session's event Stream to one connection: XREAD from the last delivered id into a bounded outbox.
+
+Stream entry ids are `<event_id>-0`, so reading after the client's `last_event_id` replays exactly what it missed and
+then follows live events, in order, each once. The outbox is bounded: when a client stops reading, the reader does not
+buffer without limit; it reports an overflow and the connection is closed (`slow_consumer`). Generation never waits on
+any client, since writers append to Redis and each connection has its own reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.common import events, keys
+
+READ_COUNT = 256
+READ_BLOCK_MS = 15_000
+
+
+@dataclass(slots=True)
+class Outgoing:
+    text: str
+    type: str
+    read_at: float | None  # monotonic time the event was read off the Stream; None for frames made here
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+class Overflow(Exception):
+    """The connection's outbox is full: its client is not reading fast enough."""
+
+
+class StreamReader:
+    """Follows one session Stream for one connection.
+
+    `on_event` sees every frame before it is queued (the connection tracks whether a reply is generating from it).
+    Error events addressed to another connection (field `connection`) are skipped: they belong to that socket.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        session_id: str,
+        after: int,
+        connection_id: str,
+        outbox: asyncio.Queue[Outgoing],
+        on_event: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.redis = redis
+        self.stream = keys.events_stream(session_id)
+        self.cursor = f"{after}-0"
+        self.connection_id = connection_id
+        self.outbox = outbox
+        self.on_event = on_event
+
+    async def run(self) -> None:
+        """Runs until cancelled; raises `Overflow` when the outbox is full."""
+        while True:
+            reply: Any = await self.redis.xread({self.stream: self.cursor}, count=READ_COUNT, block=READ_BLOCK_MS)
+            read_at = time.monotonic()
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    self.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    frame = events.decode(entry_id, fields)
+                    owner = frame.pop("connection", None)
+                    if owner is not None and owner != self.connection_id:
+                        continue
+                    self.on_event(frame)
+                    try:
+                        self.outbox.put_nowait(Outgoing(encode(frame), frame["type"], read_at))
+                    except asyncio.QueueFull:
+                        raise Overflow(f"more than {self.outbox.maxsize} frames waiting for this client") from None
+
+
+async def oldest_event_id(redis: Redis, session_id: str) -> int | None:
+    """The id of the oldest event still kept (the Stream is trimmed), or None when it is empty."""
+    entries = await redis.xrange(keys.events_stream(session_id), count=1)
+    if not entries:
+        return None
+    entry_id = entries[0][0]
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-", 1)[0])
