@@ -1,0 +1,171 @@
+"""Changes to a session's dictionary on a Draft: appending entries, scoring a step, pruning, brightness batches.
+
+Pure functions of (draft, inputs): the engine runs them again on fresh state when a concurrent writer got there
+first, so they must not keep anything outside the draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.tracker import pruning, scoring, segmentation
+from services.tracker.state import ROLE_CODES, Draft
+
+# A brightness event carries at most this many positions: the largest changes go first, the rest follow in later
+# steps (each entry's last sent score is remembered), so the client converges without unbounded events.
+BRIGHTNESS_MAX_POSITIONS = 1024
+# Smaller differences than this between a score and what the client last saw are not worth an update.
+BRIGHTNESS_EPSILON = 1e-4
+SCORE_DECIMALS = 6
+
+
+def append_tokens(draft: Draft, role: str, turn: int, ids: list[int], pieces: list[str], continues: bool) -> None:
+    """Appends one message's tokens (or a reply's next tokens, `continues`) at the next positions."""
+    if not ids:
+        return
+    state = draft.state
+    meta, arrays = state.meta, state.arrays
+    start_id: int | None = None
+    start_closed = False
+    if continues and state.size and int(arrays["turn"][-1]) == turn:
+        start_id, start_closed = int(arrays["sent"][-1]), bool(arrays["closes"][-1])
+    sentences = segmentation.sentence_ids(pieces, start_id, start_closed)
+    new_sentence = np.ones(len(ids), dtype=np.int64)
+    new_sentence[1:] = np.diff(np.asarray(sentences)) != 0
+    if start_id is not None:
+        new_sentence[0] = int(start_closed)
+    gsent = meta.next_gsent - 1 + np.cumsum(new_sentence)
+    count = len(ids)
+    positions = np.arange(meta.next_position, meta.next_position + count, dtype=np.int64)
+    initial = state.settings.initial_score
+    draft.append_entries(
+        {
+            "pos": positions,
+            "tid": np.asarray(ids),
+            "turn": np.full(count, turn),
+            "sent": np.asarray(sentences),
+            "gsent": gsent,
+            "role": np.full(count, ROLE_CODES[role]),
+            "closes": np.asarray([segmentation.closes_sentence(p) for p in pieces]),
+            "deleted": np.zeros(count),
+            "score": np.full(count, initial),
+            "shown": np.full(count, initial),
+        },
+        pieces,
+    )
+    meta.next_position += count
+    meta.next_gsent += int(new_sentence.sum())
+    for i in range(count):
+        draft.emit(
+            "token",
+            {
+                "position": int(positions[i]),
+                "token": pieces[i],
+                "token_id": int(ids[i]),
+                "role": role,
+                "turn_id": turn,
+                "sentence_id": int(sentences[i]),
+                "score": initial,
+            },
+        )
+
+
+def score_step(draft: Draft, attention: NDArray[np.float32]) -> None:
+    """Updates every active token's score from one frame's aggregated attention (length checked by the caller)."""
+    state = draft.state
+    s = state.settings
+    active = state.active_index()
+    scores = state.arrays["score"].copy()
+    scores[active] = scoring.step_scores(
+        scores[active],
+        state.arrays["pos"][active],
+        attention,
+        boost=s.boost,
+        distance_mode=s.distance_mode,
+        min_distance=s.min_distance,
+        distance_scale=s.distance_scale,
+        decay_mode=s.decay_mode,
+        decay_rate=s.decay_rate,
+    )
+    draft.set_array("score", scores)
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    positions: list[int]
+    sentences: int
+
+
+def protected_mask(draft: Draft, active: NDArray[np.intp]) -> NDArray[np.bool_]:
+    """System turns, the latest user message and the reply being generated are never pruned."""
+    arrays, meta = draft.state.arrays, draft.state.meta
+    turns = arrays["turn"][active]
+    mask = arrays["role"][active] == ROLE_CODES["system"]
+    mask |= turns == meta.last_user_turn
+    if meta.gen_turn >= 0:
+        mask |= turns == meta.gen_turn
+    return np.asarray(mask, dtype=bool)
+
+
+def prune(draft: Draft) -> Pruned:
+    """Deletes the dimmest prunable sentences while the active count exceeds the budget."""
+    state = draft.state
+    budget = state.settings.max_context_tokens
+    active = state.active_index()
+    if budget <= 0 or len(active) <= budget:
+        return Pruned([], 0)
+    arrays = state.arrays
+    keys = arrays["gsent"][active]
+    chosen = pruning.choose(len(active), budget, keys, arrays["score"][active], ~protected_mask(draft, active))
+    if not chosen:
+        return Pruned([], 0)
+    deleted = arrays["deleted"].copy()
+    all_positions: list[int] = []
+    for key in chosen:
+        members = active[keys == key]
+        deleted[members] = 1
+        positions = [int(p) for p in arrays["pos"][members]]
+        all_positions.extend(positions)
+        draft.emit(
+            "pruned",
+            {
+                "positions": positions,
+                "turn_id": int(arrays["turn"][members[0]]),
+                "sentence_id": int(arrays["sent"][members[0]]),
+            },
+        )
+    draft.set_array("deleted", deleted)
+    state.meta.pruned_tokens += len(all_positions)
+    state.meta.pruned_sentences += len(chosen)
+    all_positions.sort()
+    return Pruned(all_positions, len(chosen))
+
+
+def brightness(draft: Draft, step: int) -> None:
+    """Emits the scores that changed since the client last saw them (bounded; largest changes first)."""
+    state = draft.state
+    active = state.active_index()
+    scores, shown = state.arrays["score"], state.arrays["shown"]
+    diff = np.abs(scores[active] - shown[active])
+    changed = np.flatnonzero(diff > BRIGHTNESS_EPSILON)
+    if changed.size == 0:
+        return
+    if changed.size > BRIGHTNESS_MAX_POSITIONS:
+        top = np.argpartition(diff[changed], -BRIGHTNESS_MAX_POSITIONS)[-BRIGHTNESS_MAX_POSITIONS:]
+        changed = np.sort(changed[top])
+    members = active[changed]
+    new_shown = shown.copy()
+    new_shown[members] = scores[members]
+    draft.set_array("shown", new_shown)
+    draft.emit(
+        "brightness",
+        {
+            "step": step,
+            "turn_id": state.meta.gen_turn,
+            "positions": state.arrays["pos"][members].tolist(),
+            "scores": np.round(scores[members], SCORE_DECIMALS).tolist(),
+        },
+    )

@@ -1,0 +1,415 @@
+"""The tracker's operations on sessions: the domain API the servicer calls (no grpc here).
+
+Each operation is a pure function of (state, inputs) applied to a Draft and written by one atomic commit. The state
+comes from a small in-process cache keyed by the stored version; when another replica changed the session in between,
+the commit reports a conflict and the operation runs again on freshly loaded state. So replicas are stateless in the
+sense that matters: Redis is the only truth, and any replica may serve any call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.tracker import dictionary, segmentation
+from services.tracker.frames import FrameInput, reduce_frame
+from services.tracker.settings import Settings
+from services.tracker.state import ROLE_CODES, ROLE_NAMES, Draft, Meta, SessionState
+from services.tracker.store import Store
+from services.tracker.template import ChatTemplate
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 8
+CACHE_SESSIONS = 256
+MAX_MESSAGE_CHARS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ContextView:
+    positions: list[int]
+    token_ids: list[int]
+    next_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    turn_id: int
+    settings: Settings
+    settings_version: int
+    context: ContextView
+    pruned_tokens: int
+    pruned_sentences: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    step: int
+    position: int
+    evict_positions: list[int]
+    reprefill: bool
+    context: ContextView | None
+    settings: Settings
+    settings_version: int
+    cancel: bool
+    active_tokens: int
+    pruned_sentences: int
+    aggregation_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedToken:
+    token: str
+    token_id: int
+    position: int
+    attention_score: float
+    turn_id: int
+    sentence_id: int
+    role: str
+    deleted: bool
+
+
+def context_of(state: SessionState) -> ContextView:
+    active = state.active_index()
+    return ContextView(
+        state.arrays["pos"][active].tolist(), state.arrays["tid"][active].tolist(), state.meta.next_position
+    )
+
+
+class Engine:
+    def __init__(self, store: Store, template: ChatTemplate, model: str, fingerprint: str) -> None:
+        self.store = store
+        self.template = template
+        self.vocab_size = len(template.tokenizer)
+        self.model = model
+        self.fingerprint = fingerprint
+        self._cache: OrderedDict[str, SessionState] = OrderedDict()
+
+    # ---- plumbing -------------------------------------------------------------------------------------------------
+
+    async def _state(self, session_id: str, fresh: bool) -> SessionState:
+        cached = None if fresh else self._cache.get(session_id)
+        if cached is not None:
+            self._cache.move_to_end(session_id)
+            return cached
+        state = await self.store.load(session_id)
+        self._remember(state)
+        return state
+
+    def _remember(self, state: SessionState) -> None:
+        self._cache[state.session_id] = state
+        self._cache.move_to_end(state.session_id)
+        while len(self._cache) > CACHE_SESSIONS:
+            self._cache.popitem(last=False)
+
+    async def _run(
+        self, session_id: str, change: Callable[[Draft], T], replace: bool = False
+    ) -> tuple[T, SessionState]:
+        """Applies `change` and commits it; recomputes on fresh state after a conflict or a cache-based refusal."""
+        fresh = False
+        for _ in range(MAX_ATTEMPTS):
+            state = await self._state(session_id, fresh)
+            draft = state.draft()
+            try:
+                result = change(draft)
+            except Exception:
+                if fresh:
+                    raise
+                fresh = True  # the refusal may come from a stale cache: decide again on what Redis holds
+                continue
+            if not draft.events and not draft.appended and not draft.rewritten and draft.state.meta == state.meta:
+                return result, state  # nothing to write (a read, or a no-op)
+            if await self.store.commit(draft, replace=replace) is not None:
+                self._remember(draft.state)
+                return result, draft.state
+            fresh = True
+        raise Unavailable(f"session {session_id!r} is changing too fast; try again")
+
+    async def session(self, session_id: str) -> SessionState:
+        return await self._state(session_id, fresh=True)
+
+    # ---- sessions and messages ------------------------------------------------------------------------------------
+
+    async def create_session(self, changes: dict[str, Any], system_prompt: str | None) -> SessionState:
+        settings = Settings().updated(changes)
+        prompt = self.template.default_system_prompt if system_prompt is None else system_prompt
+        _check_text(prompt, "system_prompt", allow_empty=True)
+        state = SessionState(uuid.uuid4().hex, Meta(model=self.model, fingerprint=self.fingerprint), settings)
+        draft = state.draft()
+        self._append_message(draft, "system", prompt)
+        draft.emit("settings", {"settings": settings.to_dict()})
+        if await self.store.commit(draft) is None:
+            raise Unavailable("session id collision; try again")
+        self._remember(draft.state)
+        return draft.state
+
+    async def append_message(self, session_id: str, role: str, text: str) -> tuple[int, int, int]:
+        if role not in ("user", "system"):
+            raise InvalidArgument(f"role must be user or system, got {role!r}")
+        _check_text(text, "text")
+        tokenised = self.template.tokenise(self.template.render(role, text))
+
+        def change(draft: Draft) -> tuple[int, int, int]:
+            meta = draft.state.meta
+            if meta.gen_turn >= 0:
+                if not meta.orphaned:
+                    raise FailedPrecondition(f"session {session_id!r} is generating a reply; wait for it to finish")
+                self._close_generation(draft, None, "error", {"code": "aborted", "message": "the reply was abandoned"})
+            first = meta.next_position
+            turn = self._append_tokens(draft, role, tokenised.token_ids, tokenised.pieces)
+            return turn, first, meta.next_position - 1
+
+        result, _ = await self._run(session_id, change)
+        return result
+
+    def _append_message(self, draft: Draft, role: str, text: str) -> int:
+        tokenised = self.template.tokenise(self.template.render(role, text))
+        return self._append_tokens(draft, role, tokenised.token_ids, tokenised.pieces)
+
+    def _append_tokens(self, draft: Draft, role: str, ids: list[int], pieces: list[str]) -> int:
+        meta = draft.state.meta
+        turn = meta.turns
+        meta.turns += 1
+        if role == "user":
+            meta.last_user_turn = turn
+        dictionary.append_tokens(draft, role, turn, ids, pieces, continues=False)
+        return turn
+
+    async def context(self, session_id: str) -> ContextView:
+        return context_of(await self.session(session_id))
+
+    # ---- settings and cancel --------------------------------------------------------------------------------------
+
+    async def update_settings(self, session_id: str, changes: dict[str, Any]) -> Settings:
+        def change(draft: Draft) -> Settings:
+            updated = draft.state.settings.updated(changes)
+            if updated != draft.state.settings:
+                draft.set_settings(updated)
+                draft.emit("settings", {"settings": updated.to_dict()})
+            return updated
+
+        result, _ = await self._run(session_id, change)
+        return result
+
+    async def cancel(self, session_id: str) -> None:
+        def change(draft: Draft) -> None:
+            if draft.state.meta.gen_turn >= 0:
+                draft.state.meta.cancel = 1
+
+        await self._run(session_id, change)
+
+    # ---- generation -----------------------------------------------------------------------------------------------
+
+    async def open(self, session_id: str, job_id: str) -> Opened:
+        header = self.template.tokenise(self.template.generation_header)
+
+        def change(draft: Draft) -> Opened:
+            meta = draft.state.meta
+            if meta.gen_turn >= 0:
+                # A reclaimed job (its worker died): close the abandoned reply before starting a new one.
+                self._close_generation(draft, None, "error", {"code": "aborted", "message": "the reply was abandoned"})
+            turn = self._append_tokens(draft, "assistant", header.token_ids, header.pieces)
+            meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = turn, job_id, 0, 0, 0
+            meta.gen_started = time.time()
+            pruned = dictionary.prune(draft)
+            return Opened(
+                turn,
+                draft.state.settings,
+                meta.settings_version,
+                context_of(draft.state),
+                len(pruned.positions),
+                pruned.sentences,
+            )
+
+        result, _ = await self._run(session_id, change)
+        return result
+
+    async def frame(self, session_id: str, job_id: str, frame: FrameInput) -> StepOutcome:
+        def change(draft: Draft) -> StepOutcome:
+            state, meta = draft.state, draft.state.meta
+            self._check_job(meta, session_id, job_id)
+            if not 0 <= frame.token_id < self.vocab_size:
+                raise InvalidArgument(
+                    f"frame token_id {frame.token_id} is outside the vocabulary (0..{self.vocab_size - 1})"
+                )
+            if frame.step != meta.step:
+                raise InvalidArgument(f"frame step {frame.step} is out of order: expected step {meta.step}")
+            started = time.perf_counter()
+            attention, event = reduce_frame(frame, state.arrays["pos"][state.active_index()])
+            aggregation_seconds = time.perf_counter() - started
+            dictionary.score_step(draft, attention)
+            if event is not None:
+                draft.emit("attention", {"step": frame.step, **event})
+            position = meta.next_position
+            piece = self.template.pieces([frame.token_id])
+            dictionary.append_tokens(draft, "assistant", meta.gen_turn, [frame.token_id], piece, continues=True)
+            dictionary.brightness(draft, frame.step)
+            pruned = dictionary.prune(draft)
+            meta.step += 1
+            reprefill = bool(pruned.positions) and state.settings.prune_mode == "reprefill"
+            return StepOutcome(
+                step=frame.step,
+                position=position,
+                evict_positions=[] if reprefill else pruned.positions,
+                reprefill=reprefill,
+                context=context_of(state) if reprefill else None,
+                settings=state.settings,
+                settings_version=meta.settings_version,
+                cancel=bool(meta.cancel),
+                active_tokens=state.active_count(),
+                pruned_sentences=pruned.sentences,
+                aggregation_seconds=aggregation_seconds,
+            )
+
+        result, _ = await self._run(session_id, change)
+        return result
+
+    async def finish(self, session_id: str, job_id: str, reason: str, stats: dict[str, Any]) -> int:
+        def change(draft: Draft) -> int:
+            self._check_job(draft.state.meta, session_id, job_id)
+            turn = draft.state.meta.gen_turn
+            self._close_generation(draft, reason, "done", stats)
+            return turn
+
+        result, _ = await self._run(session_id, change)
+        return result
+
+    async def fail(self, session_id: str, job_id: str, code: str, message: str) -> int:
+        def change(draft: Draft) -> int:
+            self._check_job(draft.state.meta, session_id, job_id)
+            turn = draft.state.meta.gen_turn
+            error = {"code": code or "internal", "message": message, "job_id": job_id}
+            self._close_generation(draft, None, "error", error)
+            return turn
+
+        result, _ = await self._run(session_id, change)
+        return result
+
+    async def orphan(self, session_id: str, job_id: str) -> None:
+        """The stream of this job ended without Finish or Fail: the next message or Open may close the reply."""
+
+        def change(draft: Draft) -> None:
+            meta = draft.state.meta
+            if meta.gen_turn >= 0 and meta.job_id == job_id:
+                meta.orphaned = 1
+
+        await self._run(session_id, change)
+
+    def _check_job(self, meta: Meta, session_id: str, job_id: str) -> None:
+        if meta.gen_turn < 0 or meta.job_id != job_id:
+            raise FailedPrecondition(f"job {job_id!r} holds no open generation of session {session_id!r}")
+
+    def _close_generation(self, draft: Draft, reason: str | None, event: str, data: dict[str, Any]) -> None:
+        state, meta = draft.state, draft.state.meta
+        turn = meta.gen_turn
+        # While a reply is open nothing else is appended, so after a frame the last entry is the last sampled token.
+        last_id = int(state.arrays["tid"][-1]) if meta.step > 0 else None
+        trailer = self.template.tokenise(self.template.trailer(last_id))
+        dictionary.append_tokens(draft, "assistant", turn, trailer.token_ids, trailer.pieces, continues=True)
+        if event == "done":
+            stats = dict(data)
+            stats.update(
+                reason=reason,
+                active_tokens=state.active_count(),
+                pruned_tokens=meta.pruned_tokens,
+            )
+            draft.emit("done", {"turn_id": turn, "stats": stats})
+        else:
+            draft.emit("error", data)
+        meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = -1, "", 0, 0, 0
+
+    # ---- export and restore ---------------------------------------------------------------------------------------
+
+    async def export(self, session_id: str) -> tuple[SessionState, list[ExportedToken]]:
+        state = await self.session(session_id)
+        texts = await self.store.texts(session_id)
+        a = state.arrays
+        tokens = [
+            ExportedToken(
+                token=texts[i] if i < len(texts) else "",
+                token_id=int(a["tid"][i]),
+                position=int(a["pos"][i]),
+                attention_score=float(a["score"][i]),
+                turn_id=int(a["turn"][i]),
+                sentence_id=int(a["sent"][i]),
+                role=ROLE_NAMES[int(a["role"][i])],
+                deleted=bool(a["deleted"][i]),
+            )
+            for i in range(state.size)
+        ]
+        return state, tokens
+
+    async def restore(
+        self, session_id: str, settings: Settings, tokens: list[ExportedToken], next_position: int
+    ) -> None:
+        """Replaces the dictionary with an exported one; the position counter never moves backwards."""
+        columns, texts = restore_columns(tokens, self.vocab_size)
+
+        def change(draft: Draft) -> None:
+            state = draft.state
+            if state.generating and not state.meta.orphaned:
+                raise FailedPrecondition(f"session {session_id!r} is generating a reply; restore after it finishes")
+            meta = state.meta
+            top = int(columns["pos"][-1]) + 1 if len(texts) else 0
+            meta.next_position = max(meta.next_position, next_position, top)
+            meta.turns = int(columns["turn"].max()) + 1 if len(texts) else 0
+            users = columns["turn"][columns["role"] == ROLE_CODES["user"]]
+            meta.last_user_turn = int(users.max()) if users.size else -1
+            meta.next_gsent = int(columns["gsent"][-1]) + 1 if len(texts) else 0
+            meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = -1, "", 0, 0, 0
+            meta.pruned_tokens = int(columns["deleted"].sum())
+            for name, values in columns.items():
+                draft.set_array(name, values)
+            draft.texts = texts
+            draft.set_settings(settings)
+            draft.emit("settings", {"settings": settings.to_dict()})
+
+        await self._run(session_id, change, replace=True)
+
+
+def restore_columns(tokens: list[ExportedToken], vocab_size: int) -> tuple[dict[str, Any], list[str]]:
+    """Checks an exported dictionary and rebuilds its arrays; refuses anything that would break an invariant."""
+    previous_position = -1
+    previous_turn = -1
+    for i, token in enumerate(tokens):
+        if token.position <= previous_position:
+            raise InvalidArgument(f"state.tokens[{i}]: positions must be unique and increasing")
+        if token.turn_id < previous_turn or token.turn_id < 0 or token.sentence_id < 0:
+            raise InvalidArgument(f"state.tokens[{i}]: turn and sentence ids must be non-negative, turns in order")
+        if token.role not in ROLE_CODES:
+            raise InvalidArgument(f"state.tokens[{i}]: unknown role {token.role!r}")
+        if not 0 <= token.token_id < vocab_size:
+            raise InvalidArgument(f"state.tokens[{i}]: token_id {token.token_id} is outside the vocabulary")
+        if not math.isfinite(token.attention_score) or token.attention_score < 0:
+            raise InvalidArgument(f"state.tokens[{i}]: attention_score must be finite and >= 0")
+        previous_position, previous_turn = token.position, token.turn_id
+    pairs = [(t.turn_id, t.sentence_id) for t in tokens]
+    new_sentence = [i == 0 or pairs[i] != pairs[i - 1] for i in range(len(pairs))]
+    scores = [t.attention_score for t in tokens]
+    columns: dict[str, Any] = {
+        "pos": np.asarray([t.position for t in tokens], dtype=np.int64),
+        "tid": np.asarray([t.token_id for t in tokens]),
+        "turn": np.asarray([t.turn_id for t in tokens], dtype=np.int64),
+        "sent": np.asarray([t.sentence_id for t in tokens]),
+        "gsent": np.cumsum(np.asarray(new_sentence, dtype=np.int64)) - 1,
+        "role": np.asarray([ROLE_CODES[t.role] for t in tokens], dtype=np.int64),
+        "closes": np.asarray([segmentation.closes_sentence(t.token) for t in tokens]),
+        "deleted": np.asarray([t.deleted for t in tokens]),
+        "score": np.asarray(scores, dtype=np.float64),
+        "shown": np.asarray(scores, dtype=np.float64),
+    }
+    return columns, [t.token for t in tokens]
+
+
+def _check_text(text: str, name: str, allow_empty: bool = False) -> None:
+    if not allow_empty and not text:
+        raise InvalidArgument(f"{name} is empty")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise InvalidArgument(f"{name} is longer than {MAX_MESSAGE_CHARS} characters")

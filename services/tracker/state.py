@@ -1,0 +1,138 @@
+"""A session's state in memory: the dictionary as packed numpy arrays, plus its counters and settings.
+
+Every per-token field is one array in position order (entry i of each array is the same token), which is also how
+the store keeps them in Redis: one binary string per field. Token texts live only in Redis (written once, read for
+export); the hot path never needs them.
+
+Operations work on a `Draft`: a copy that records what changed (entries appended, arrays rewritten, counters, events)
+so that the store can write exactly that in one atomic script, and the cached state is replaced only once the write
+succeeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.tracker.settings import Settings
+
+ROLE_CODES = {"system": 0, "user": 1, "assistant": 2}
+ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
+
+# Array name -> little-endian dtype. Written once per entry: pos..closes. Rewritten by steps: score, shown, deleted.
+ARRAYS: dict[str, str] = {
+    "pos": "<i8",  # position: unique, increasing, never reused
+    "tid": "<i4",  # token id
+    "turn": "<i4",  # turn id
+    "sent": "<i4",  # sentence id within its message
+    "gsent": "<i8",  # sentence key: increases with every new sentence of the session (pruning groups by it)
+    "role": "u1",
+    "closes": "u1",  # 1 when the piece ends its sentence
+    "deleted": "u1",
+    "score": "<f8",
+    "shown": "<f8",  # last score sent in a brightness event
+}
+APPEND_ONLY = ("pos", "tid", "turn", "sent", "gsent", "role", "closes")
+
+
+@dataclass(slots=True)
+class Meta:
+    """Counters and flags; stored as one Redis hash."""
+
+    version: int = 0
+    next_position: int = 0
+    turns: int = 0  # the next turn id
+    next_gsent: int = 0
+    last_user_turn: int = -1
+    gen_turn: int = -1  # the reply being generated, -1 when none
+    job_id: str = ""
+    step: int = 0  # the next expected frame step
+    cancel: int = 0
+    orphaned: int = 0  # the stream of the open generation ended without Finish or Fail
+    settings_version: int = 0
+    pruned_tokens: int = 0
+    pruned_sentences: int = 0
+    gen_started: float = 0.0
+    model: str = ""
+    fingerprint: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_fields(cls, raw: dict[str, str]) -> Meta:
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, kind in kinds.items():
+            if name in raw:
+                value = raw[name]
+                values[name] = int(value) if kind == "int" else float(value) if kind == "float" else value
+        return cls(**values)
+
+
+def empty_arrays() -> dict[str, NDArray[Any]]:
+    return {name: np.zeros(0, dtype=dtype) for name, dtype in ARRAYS.items()}
+
+
+@dataclass(slots=True)
+class SessionState:
+    session_id: str
+    meta: Meta
+    settings: Settings
+    arrays: dict[str, NDArray[Any]] = field(default_factory=empty_arrays)
+
+    @property
+    def size(self) -> int:
+        return int(self.arrays["pos"].shape[0])
+
+    def active_index(self) -> NDArray[np.intp]:
+        return np.flatnonzero(self.arrays["deleted"] == 0)
+
+    def active_count(self) -> int:
+        return int(self.size - np.count_nonzero(self.arrays["deleted"]))
+
+    @property
+    def generating(self) -> bool:
+        return self.meta.gen_turn >= 0
+
+    def draft(self) -> Draft:
+        return Draft(
+            SessionState(self.session_id, dataclasses.replace(self.meta), self.settings, dict(self.arrays)),
+            base_version=self.meta.version,
+        )
+
+
+@dataclass(slots=True)
+class Draft:
+    """A copy of a state being changed, with the record of what to write."""
+
+    state: SessionState
+    base_version: int
+    appended: int = 0  # entries appended at the end of every array
+    texts: list[str] = field(default_factory=list)
+    rewritten: set[str] = field(default_factory=set)  # arrays written whole
+    settings_changed: bool = False
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def append_entries(self, columns: dict[str, NDArray[Any]], texts: list[str]) -> None:
+        arrays = self.state.arrays
+        for name, dtype in ARRAYS.items():
+            arrays[name] = np.concatenate([arrays[name], np.asarray(columns[name], dtype=dtype)])
+        self.appended += len(texts)
+        self.texts.extend(texts)
+
+    def set_array(self, name: str, values: NDArray[Any]) -> None:
+        self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])
+        self.rewritten.add(name)
+
+    def set_settings(self, settings: Settings) -> None:
+        self.state.settings = settings
+        self.state.meta.settings_version += 1
+        self.settings_changed = True
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        self.events.append((event_type, data))

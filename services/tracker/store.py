@@ -1,0 +1,145 @@
+"""The Redis layout of a session, and the one atomic write every change goes through.
+
+Under `hw:s:{<sid>}` (services.common.keys.session_prefix):
+
+    :meta        hash: counters and flags (state.Meta), `settings` (JSON)
+    :a:<name>    one binary string per per-token field (state.ARRAYS: little-endian numpy bytes, position order)
+    :text        list: token text pieces, pushed once per entry, in position order
+    :events      the session's event Stream (+ :event_seq), shared with the other services
+
+A change is written by one Lua script (EVALSHA) that first checks the meta `version` it was computed from: a replica
+with a stale cache gets CONFLICT, reloads and recomputes, so two replicas can serve one session and a crash can never
+leave half a step. Arrays are either appended to (fields written once) or rewritten whole (scores, deletion flags).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from redis.asyncio import Redis
+
+from services.common import events, keys
+from services.common.errors import NotFound
+from services.tracker.settings import Settings
+from services.tracker.state import APPEND_ONLY, ARRAYS, Draft, Meta, SessionState
+
+CONFLICT = -1
+
+# KEYS: meta, events, event_seq, text, then one key per array (ARRAYS order).
+# ARGV: expected version, events maxlen, n meta pairs, pairs..., per array (mode, blob), text mode, n texts, texts...,
+#       then (type, data) event pairs. Modes: k keep, a append, s set. Returns the last event id, or -1 on conflict.
+COMMIT_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then return -1 end
+local i = 3
+local pairs_n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, pairs_n do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+for k = 5, #KEYS do
+  local mode = ARGV[i]
+  if mode == 's' then redis.call('SET', KEYS[k], ARGV[i + 1])
+  elseif mode == 'a' then redis.call('APPEND', KEYS[k], ARGV[i + 1]) end
+  i = i + 2
+end
+local text_mode = ARGV[i]; local texts = tonumber(ARGV[i + 1]); i = i + 2
+if text_mode == 's' then redis.call('DEL', KEYS[4]) end
+local first = i
+while i < first + texts do
+  local last = math.min(i + 999, first + texts - 1)
+  redis.call('RPUSH', KEYS[4], unpack(ARGV, i, last))
+  i = last + 1
+end
+local id = tonumber(redis.call('GET', KEYS[3]) or '0')
+while i < #ARGV do
+  id = redis.call('INCR', KEYS[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'type', ARGV[i], 'data', ARGV[i + 1])
+  i = i + 2
+end
+return id
+"""
+
+
+def meta_key(session_id: str) -> str:
+    return f"{keys.session_prefix(session_id)}:meta"
+
+
+def array_key(session_id: str, name: str) -> str:
+    return f"{keys.session_prefix(session_id)}:a:{name}"
+
+
+def text_key(session_id: str) -> str:
+    return f"{keys.session_prefix(session_id)}:text"
+
+
+def _all_keys(session_id: str) -> list[str]:
+    return [
+        meta_key(session_id),
+        keys.events_stream(session_id),
+        keys.events_counter(session_id),
+        text_key(session_id),
+        *(array_key(session_id, name) for name in ARRAYS),
+    ]
+
+
+class Store:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._commit = redis.register_script(COMMIT_LUA)
+
+    async def exists(self, session_id: str) -> bool:
+        return bool(await self.redis.exists(meta_key(session_id)))
+
+    async def load(self, session_id: str) -> SessionState:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(meta_key(session_id))
+            for name in ARRAYS:
+                pipe.get(array_key(session_id, name))
+            replies = await pipe.execute()
+        raw_meta = {_text(k): _text(v) for k, v in replies[0].items()}
+        if not raw_meta:
+            raise NotFound(f"unknown session {session_id!r}")
+        settings = Settings.from_json(raw_meta.pop("settings"))
+        arrays = {
+            name: np.frombuffer(blob or b"", dtype=dtype).copy()
+            for (name, dtype), blob in zip(ARRAYS.items(), replies[1:], strict=True)
+        }
+        return SessionState(session_id, Meta.from_fields(raw_meta), settings, arrays)
+
+    async def texts(self, session_id: str) -> list[str]:
+        return [_text(t) for t in await self.redis.lrange(text_key(session_id), 0, -1)]  # type: ignore[misc]
+
+    async def commit(self, draft: Draft, replace: bool = False) -> int | None:
+        """Writes the draft if the stored version is still the one it was computed from; None on conflict.
+
+        `replace` rewrites every array and the text list (session restore). Returns the last event id.
+        """
+        state = draft.state
+        state.meta.version = draft.base_version + 1
+        fields = state.meta.to_fields()
+        if draft.settings_changed or draft.base_version == 0 or replace:
+            fields["settings"] = state.settings.to_json()
+        argv: list[Any] = [draft.base_version, events.MAX_EVENTS_PER_SESSION, len(fields)]
+        for name, value in fields.items():
+            argv.extend((name, value))
+        for name in ARRAYS:
+            values = state.arrays[name]
+            if replace or name in draft.rewritten:
+                argv.extend(("s", values.tobytes()))
+            elif draft.appended and name in (*APPEND_ONLY, "deleted", "score", "shown"):
+                argv.extend(("a", values[len(values) - draft.appended :].tobytes()))
+            else:
+                argv.extend(("k", b""))
+        argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
+        for event_type, data in draft.events:
+            argv.extend(events.encode(event_type, data))
+        result = int(await self._commit(keys=_all_keys(state.session_id), args=argv))
+        if result == CONFLICT:
+            state.meta.version = draft.base_version
+            return None
+        return result
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
