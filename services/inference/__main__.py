@@ -1,0 +1,83 @@
+"""`python -m services.inference`: a local Ray with N worker actors, plus status, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from haloweave.inference.v1 import inference_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+from redis.asyncio import Redis
+
+from services.common import logs
+from services.common.grpc_server import Server
+from services.inference.config import InferenceConfig
+from services.inference.driver import POLL_S, Driver
+from services.inference.server import InferenceServicer
+
+log = logging.getLogger("services.inference")
+SERVICE = "haloweave.inference.v1.Inference"
+
+
+async def serve(config: InferenceConfig) -> None:
+    import ray
+    from grpc_health.v1 import health_pb2
+
+    ray.init(
+        num_cpus=config.ray_num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    driver = Driver(config)
+    registry = CollectorRegistry()
+    registry.register(driver.collector)
+    start_http_server(config.metrics_port, addr="127.0.0.1", registry=registry)
+    server = Server(config.listen)
+    server.add(inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(driver), SERVICE)
+    await server.start()
+
+    async def set_health(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            result = server.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    await set_health(False)  # until the actors have loaded the model
+    driver.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    redis = Redis.from_url(config.redis_url)
+    serving = False
+    log.info("starting %d worker(s) on %s", config.workers, config.device)
+    try:
+        while not stop.is_set():
+            ready = await driver.poll()
+            await driver.stream_lag(redis)
+            if ready != serving:
+                serving = ready
+                await set_health(serving)
+                log.info("workers %s", "serving" if serving else "not ready")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLL_S)
+    finally:
+        await set_health(False)
+        await driver.stop()
+        await server.stop(grace=2)
+        await redis.aclose()
+        ray.shutdown()
+
+
+def main() -> None:
+    logs.setup("inference")
+    config = InferenceConfig.from_env()
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The inference service's settings, read from the environment once at start-up (services.common.config)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from services.common import config, model_store
+
+DEFAULT_KV_BUDGET_BYTES = 2 * 1024**3
+
+
+@dataclass(slots=True, frozen=True)
+class InferenceConfig:
+    redis_url: str
+    tracker_addr: str
+    snapshot_addr: str
+    listen: str = "127.0.0.1:50053"
+    metrics_port: int = 9103
+    workers: int = 1
+    ray_num_cpus: int = 2
+    # Bytes of KV cache one worker keeps in memory; beyond it the least recently used sessions are offloaded.
+    kv_budget_bytes: int = DEFAULT_KV_BUDGET_BYTES
+    device: str = "cpu"
+    dtype: str = "float32"
+    model_path: str = ""
+    # Stable worker names: a worker restarted by Ray keeps its name, so it finds its own forwarded jobs again.
+    worker_prefix: str = ""
+    # A job pending this long on a consumer that no longer refreshes it belongs to a dead worker and is reclaimed.
+    claim_idle_ms: int = 15_000
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise config.ConfigError(f"HALOWEAVE_INFERENCE_WORKERS={self.workers} must be at least 1")
+        if self.kv_budget_bytes < 0:
+            raise config.ConfigError(f"HALOWEAVE_KV_BUDGET_BYTES={self.kv_budget_bytes} must not be negative")
+        if self.claim_idle_ms < 1000:
+            raise config.ConfigError(f"HALOWEAVE_CLAIM_IDLE_MS={self.claim_idle_ms} must be at least 1000")
+
+    @classmethod
+    def from_env(cls) -> InferenceConfig:
+        device = config.get("HALOWEAVE_DEVICE", "")
+        if not device:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(
+            redis_url=config.require("HALOWEAVE_REDIS_URL"),
+            tracker_addr=config.require("HALOWEAVE_TRACKER_ADDR"),
+            snapshot_addr=config.require("HALOWEAVE_SNAPSHOT_ADDR"),
+            listen=config.get("HALOWEAVE_INFERENCE_LISTEN", "127.0.0.1:50053"),
+            metrics_port=config.get_int("HALOWEAVE_INFERENCE_METRICS_PORT", 9103),
+            workers=config.get_int("HALOWEAVE_INFERENCE_WORKERS", 1),
+            ray_num_cpus=config.get_int("HALOWEAVE_RAY_NUM_CPUS", 2),
+            kv_budget_bytes=config.get_int("HALOWEAVE_KV_BUDGET_BYTES", DEFAULT_KV_BUDGET_BYTES),
+            device=device,
+            dtype=config.get("HALOWEAVE_DTYPE", "float32"),
+            model_path=str(model_store.model_path()),
+            worker_prefix=config.get("HALOWEAVE_WORKER_PREFIX", socket.gethostname()),
+            claim_idle_ms=config.get_int("HALOWEAVE_CLAIM_IDLE_MS", 15_000),
+        )

@@ -1,0 +1,129 @@
+"""The Ray driver: starts N worker actors, watches them, and serves status, health and metrics for all of them.
+
+Each actor declares its resources (one GPU where CUDA is available, otherwise a fraction of the CPUs, so that N
+actors share a small machine instead of blocking each other) and `max_restarts=-1`: Ray restarts a dead actor, which
+reloads its engine and resumes under the same worker name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.common import keys
+from services.inference.actor import WorkerActor
+from services.inference.config import InferenceConfig
+from services.inference.engine import Engine, EngineConfig
+from services.inference.metrics import StatsCollector
+from services.inference.worker import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+POLL_TIMEOUT_S = 5.0
+
+
+def build_engine(config: EngineConfig) -> Engine:
+    return Engine(config)
+
+
+class Driver:
+    def __init__(self, config: InferenceConfig) -> None:
+        self.config = config
+        self.collector = StatsCollector()
+        self.actors: dict[str, Any] = {}
+        self._info: dict[str, dict[str, Any]] = {}
+        self._engine: dict[str, str] = {}
+
+    def actor_options(self, gpu: bool) -> dict[str, Any]:
+        if gpu:
+            return {"num_gpus": 1, "num_cpus": 1, "max_restarts": -1}
+        return {"num_cpus": self.config.ray_num_cpus / self.config.workers, "max_restarts": -1}
+
+    def start(self) -> None:
+        import ray
+
+        gpu = self.config.device.startswith("cuda")
+        threads = max(1, self.config.ray_num_cpus // self.config.workers)
+        engine_config = EngineConfig(
+            model_path=self.config.model_path,
+            device=self.config.device,
+            dtype=self.config.dtype,
+            threads=None if gpu else threads,
+        )
+        remote = ray.remote(WorkerActor).options(**self.actor_options(gpu))
+        for index in range(self.config.workers):
+            worker_id = f"{self.config.worker_prefix}-{index}"
+            settings = WorkerSettings(
+                worker_id=worker_id,
+                redis_url=self.config.redis_url,
+                tracker_addr=self.config.tracker_addr,
+                snapshot_addr=self.config.snapshot_addr,
+                kv_budget_bytes=self.config.kv_budget_bytes,
+                claim_idle_ms=self.config.claim_idle_ms,
+            )
+            self.actors[worker_id] = remote.remote(settings, functools.partial(build_engine, engine_config))
+
+    async def poll(self) -> bool:
+        """Asks every actor for its stats; True when at least one has its engine loaded and serves."""
+
+        async def ask(worker_id: str, actor: Any) -> tuple[str, dict[str, Any] | None]:
+            try:
+                return worker_id, await asyncio.wait_for(actor.info.remote(), POLL_TIMEOUT_S)
+            except Exception:  # dead, restarting or busy loading: not alive for this poll
+                return worker_id, None
+
+        answers = await asyncio.gather(*(ask(w, a) for w, a in self.actors.items()))
+        ready = False
+        for worker_id, info in answers:
+            if info is not None and info.get("error"):
+                log.error("%s: %s", worker_id, info["error"])
+            snap = info["stats"] if info is not None and info["stats"]["ready"] else None
+            self.collector.update(worker_id, snap)
+            if info is not None:
+                self._info[worker_id] = info
+                self._engine = info.get("engine") or self._engine
+            ready = ready or snap is not None
+        return ready
+
+    async def stream_lag(self, redis: Redis) -> None:
+        with contextlib.suppress(Exception):
+            for group in await redis.xinfo_groups(keys.JOBS_STREAM):
+                name = group.get("name")
+                if (name.decode() if isinstance(name, bytes) else name) == keys.JOBS_GROUP:
+                    self.collector.stream_lag = int(group.get("lag") or 0)
+
+    def engine_info(self) -> dict[str, str]:
+        return dict(self._engine)
+
+    def workers(self) -> list[dict[str, Any]]:
+        rows = []
+        for worker_id in self.actors:
+            stats = (self._info.get(worker_id) or {}).get("stats") or {}
+            rows.append(
+                {
+                    "worker_id": worker_id,
+                    "alive": worker_id in self.collector.alive,
+                    "sessions": int(stats.get("sessions", 0)),
+                    "kv_bytes": int(stats.get("kv_bytes", 0)),
+                    "jobs_done": int(stats.get("jobs_done", 0)),
+                }
+            )
+        return rows
+
+    async def stop(self) -> None:
+        """Lets every actor finish its job at hand, then ends them."""
+        import ray
+
+        async def stop_one(actor: Any) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(actor.stop.remote(), 15)
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+
+        await asyncio.gather(*(stop_one(a) for a in self.actors.values()))

@@ -1,0 +1,43 @@
+"""The driver's control plane: Inference.Status over gRPC (protobuf in → the driver's view → protobuf out)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+from haloweave.inference.v1 import inference_pb2, inference_pb2_grpc
+
+from services.common.grpc_server import handle_errors
+
+
+class WorkerView(Protocol):
+    def engine_info(self) -> dict[str, str]: ...
+
+    def workers(self) -> list[dict[str, Any]]: ...
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, view: WorkerView) -> None:
+        self.view = view
+
+    @handle_errors
+    async def Status(
+        self, request: inference_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.StatusResponse:
+        engine = self.view.engine_info()
+        return inference_pb2.StatusResponse(
+            model=engine.get("model", ""),
+            device=engine.get("device", ""),
+            dtype=engine.get("dtype", ""),
+            tokenizer_fingerprint=engine.get("tokenizer_fingerprint", ""),
+            workers=[
+                inference_pb2.WorkerStatus(
+                    worker_id=w["worker_id"],
+                    alive=w["alive"],
+                    sessions=w["sessions"],
+                    kv_bytes=w["kv_bytes"],
+                    jobs_done=w["jobs_done"],
+                )
+                for w in self.view.workers()
+            ],
+        )

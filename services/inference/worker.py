@@ -1,0 +1,228 @@
+"""One inference worker: takes jobs from Redis, runs them on its engine, keeps its sessions' caches under a budget.
+
+It knows nothing of Ray (see `actor`), so tests run it in-process with the real engine against real peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.common.errors import HaloWeaveError, NotFound
+from services.inference.affinity import Affinity
+from services.inference.clients import SnapshotClient, TrackerClient
+from services.inference.engine import Engine, SessionCache
+from services.inference.generation import Reply
+from services.inference.jobs import BadJob, Job, JobQueue
+from services.inference.metrics import WorkerStats
+from services.inference.sessions import SessionTable
+from services.inference.snapshots import Snapshots
+
+log = logging.getLogger(__name__)
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+def offload_key(session_id: str) -> str:
+    """The snapshot that holds a session's offloaded cache, for whichever worker needs it next."""
+    return f"hw:inf:offload:{{{session_id}}}"
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerSettings:
+    worker_id: str
+    redis_url: str
+    tracker_addr: str
+    snapshot_addr: str
+    kv_budget_bytes: int
+    claim_idle_ms: int = 15_000
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.engine = engine
+        self.stats = WorkerStats(settings.worker_id)
+        self.sessions: SessionTable[SessionCache] = SessionTable(settings.kv_budget_bytes)
+        self.redis = Redis.from_url(settings.redis_url)
+        self.tracker = TrackerClient(settings.tracker_addr)
+        self.snapshot_client = SnapshotClient(settings.snapshot_addr)
+        self.snapshots = Snapshots(engine, self.tracker, self.snapshot_client)
+        self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms)
+        self.affinity = Affinity(self.redis, self.worker_id, heartbeat_ttl_ms=settings.claim_idle_ms)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.affinity.retire()
+        await self.tracker.close()
+        await self.snapshot_client.close()
+        await self.redis.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serves jobs until `stop` is set; the heartbeat keeps this worker's sessions routed to it."""
+        await self.queue.ensure_groups()
+        await self.affinity.heartbeat()
+        self.stats.ready = True
+        beat = asyncio.create_task(self._heartbeat(stop))
+        try:
+            while not stop.is_set():
+                job = await self.queue.next(block_ms=500)
+                if job is not None:
+                    await self.handle(job)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        period = self.settings.claim_idle_ms / 3000
+        while not stop.is_set():
+            try:
+                await self.affinity.heartbeat()
+                await self.affinity.sweep()
+            except Exception:
+                log.exception("%s: heartbeat failed", self.worker_id)
+            await asyncio.sleep(period)
+
+    async def handle(self, job: Job) -> None:
+        """Takes one job from the queue to its single completion (or forwards it to the worker that owns it)."""
+        try:
+            job.validate()
+        except BadJob as error:
+            log.warning("%s: refusing job %s: %s", self.worker_id, job.entry_id, error)
+            self.stats.job(job.type or "unknown", "invalid")
+            if job.session_id:
+                await self.queue.complete(job, "invalid", [_error(job, "invalid_argument", str(error))])
+            else:
+                await self.queue.skip(job)
+            return
+        if await self.queue.is_done(job):
+            await self.queue.skip(job)  # completed before a crash lost the ack
+            return
+        owner = await self.affinity.route(job)
+        if owner != self.worker_id:
+            log.info(
+                "%s: job %s forwarded to %s, which holds session %s", self.worker_id, job.job_id, owner, job.session_id
+            )
+            return
+        if not await self.queue.lock(job):
+            return  # another live worker is running it; it will ack it
+        wait = job.queue_wait_s()
+        if wait is not None:
+            self.stats.observe("queue_wait_seconds", wait)
+        keep = asyncio.create_task(self._keep(job))
+        try:
+            outcome, job_events = await self._run(job)
+        finally:
+            keep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep
+        self.stats.job(job.type, outcome)
+        await self.queue.complete(job, outcome, job_events)
+        await self._fit_budget(keep=job.session_id)
+        self._gauges()
+
+    async def _keep(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.settings.claim_idle_ms / 3000)
+            try:
+                await self.queue.refresh(job)
+            except Exception:
+                log.exception("%s: could not refresh job %s", self.worker_id, job.job_id)
+
+    async def _run(self, job: Job) -> tuple[str, Events]:
+        """(outcome, events the worker itself appends on completion)."""
+        try:
+            if job.type == "generate":
+                return await self._generate(job)
+            if job.type == "snapshot":
+                return await self._snapshot(job)
+            return await self._restore(job)
+        except HaloWeaveError as error:
+            log.info("%s: job %s failed: %s %s", self.worker_id, job.job_id, error.code, error.message)
+            if isinstance(error, NotFound) and job.session_id not in self.sessions:
+                await self.affinity.release(job.session_id)
+            return "error", [_error(job, error.code, error.message)]
+        except Exception:
+            log.exception("%s: job %s failed", self.worker_id, job.job_id)
+            return "error", [_error(job, "internal", f"the worker failed on {job.type} job {job.job_id}")]
+
+    async def _generate(self, job: Job) -> tuple[str, Events]:
+        cache = await self._cache_for(job.session_id)
+        reply = Reply(self.engine, self.tracker, job.session_id, job.job_id)
+        try:
+            stats = await reply.run(cache)
+        except HaloWeaveError as error:
+            self.sessions.put(job.session_id, cache)  # what the cache holds is checked against the next context
+            self.stats.generated_tokens += reply.stats.tokens
+            if reply.reported:  # the tracker already told the client
+                return "error", []
+            raise error
+        self.sessions.put(job.session_id, cache)
+        self.stats.generated_tokens += stats.tokens
+        self.stats.observe("time_to_first_token_seconds", stats.time_to_first_token_s)
+        for gap in stats.inter_token_s:
+            self.stats.observe("inter_token_latency_seconds", gap)
+        return stats.reason or "ok", []
+
+    async def _snapshot(self, job: Job) -> tuple[str, Events]:
+        cache = await self._cache_for(job.session_id)
+        info, tokens = await self.snapshots.save(job.session_id, cache)
+        self.sessions.put(job.session_id, cache)
+        data = {"job_id": job.job_id, "snapshot_id": info.snapshot_id, "tokens": tokens, "bytes": int(info.bytes)}
+        return "ok", [("snapshot_saved", data)]
+
+    async def _restore(self, job: Job) -> tuple[str, Events]:
+        cache, active_tokens = await self.snapshots.restore(job.session_id, job.snapshot_id)
+        self.sessions.put(job.session_id, cache)
+        await self.redis.delete(offload_key(job.session_id))  # an older offload no longer describes the session
+        data = {"job_id": job.job_id, "snapshot_id": job.snapshot_id, "active_tokens": active_tokens}
+        return "ok", [("snapshot_restored", data)]
+
+    async def _cache_for(self, session_id: str) -> SessionCache:
+        """The session's cache: held, brought back from an offload, or empty (the context sync rebuilds it)."""
+        cache = self.sessions.get(session_id)
+        if cache is not None:
+            return cache
+        raw = await self.redis.get(offload_key(session_id))
+        if raw is not None:
+            snapshot_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                cache = await self.snapshots.bring_back(session_id, snapshot_id)
+                self.stats.restores += 1
+                log.info("%s: session %s brought back from %s", self.worker_id, session_id, snapshot_id)
+            except HaloWeaveError as error:
+                log.warning(
+                    "%s: offload %s of %s unusable (%s); rebuilding", self.worker_id, snapshot_id, session_id, error
+                )
+            await self.redis.delete(offload_key(session_id))
+        return cache if cache is not None else self.engine.new_cache()
+
+    async def _fit_budget(self, keep: str) -> None:
+        for session_id in self.sessions.over_budget(keep=keep):
+            cache = self.sessions.pop(session_id)
+            if cache is None:
+                continue
+            try:
+                snapshot_id = await self.snapshots.offload(session_id, cache)
+            except HaloWeaveError as error:
+                # Dropping is safe: the tracker's active tokens rebuild the cache when the session comes back.
+                log.warning("%s: offload of %s failed (%s); dropped", self.worker_id, session_id, error)
+                continue
+            await self.redis.set(offload_key(session_id), snapshot_id)
+            self.stats.offloads += 1
+            log.info("%s: session %s offloaded to %s", self.worker_id, session_id, snapshot_id)
+
+    def _gauges(self) -> None:
+        self.stats.sessions = len(self.sessions)
+        self.stats.kv_bytes = self.sessions.total_bytes
+
+
+def _error(job: Job, code: str, message: str) -> tuple[str, dict[str, Any]]:
+    return "error", {"code": code, "message": message, "job_id": job.job_id}
