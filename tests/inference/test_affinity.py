@@ -68,7 +68,7 @@ async def test_a_dead_owners_session_is_taken_over(redis: Redis) -> None:
 
 
 async def test_jobs_forwarded_to_a_worker_that_died_go_back_to_the_shared_stream(redis: Redis) -> None:
-    qa, aa = await worker(redis, "a")
+    _, aa = await worker(redis, "a")
     qb, ab = await worker(redis, "b")
     await redis.set("hw:inf:owner:{s1}", "a")
     await enqueue(redis, "s1", "j1")
