@@ -238,8 +238,12 @@ class Connection:
             raise protocol.ProtocolError(protocol.INVALID_SETTINGS, error.message) from None
 
     def _observe(self, frame: dict[str, Any]) -> None:
-        """Called by the reader for each event: a reply ends with `done`, or with an `error` naming its job."""
-        if frame["type"] == "done" or (frame["type"] == "error" and frame.get("job_id") == self.generating_job):
+        """Called by the reader for each session-wide event: a reply ends with `done` or an `error`.
+
+        Job errors do not always name their job (a worker's failure relayed by the tracker); a stale clear is harmless
+        because the tracker itself refuses a message while a reply is open (`busy` again).
+        """
+        if frame["type"] in ("done", "error"):
             self.generating_job = None
 
     # ---- server frames ---------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class Overflow(Exception):
 class StreamReader:
     """Follows one session Stream for one connection.
 
-    `on_event` sees every frame before it is queued (the connection tracks whether a reply is generating from it).
+    `on_event` sees every session-wide frame before it is queued (the connection tracks whether a reply is running).
     Error events addressed to another connection (field `connection`) are skipped: they belong to that socket.
     """
 
@@ -73,7 +73,8 @@ class StreamReader:
                     owner = frame.pop("connection", None)
                     if owner is not None and owner != self.connection_id:
                         continue
-                    self.on_event(frame)
+                    if owner is None:
+                        self.on_event(frame)
                     try:
                         self.outbox.put_nowait(Outgoing(encode(frame), frame["type"], read_at))
                     except asyncio.QueueFull:
