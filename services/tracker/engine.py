@@ -60,6 +60,7 @@ class StepOutcome:
     settings_version: int
     cancel: bool
     active_tokens: int
+    pruned_tokens: int
     pruned_sentences: int
     aggregation_seconds: float
 
@@ -264,6 +265,7 @@ class Engine:
                 settings_version=meta.settings_version,
                 cancel=bool(meta.cancel),
                 active_tokens=state.active_count(),
+                pruned_tokens=len(pruned.positions),
                 pruned_sentences=pruned.sentences,
                 aggregation_seconds=aggregation_seconds,
             )

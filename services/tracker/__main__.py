@@ -1,0 +1,62 @@
+"""`python -m services.tracker`: serve the Tracker gRPC API (with health) and /metrics until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from haloweave.tracker.v1 import tracker_pb2_grpc
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+
+from services.common import logs, model_store
+from services.common.grpc_server import Server
+from services.tracker.config import TrackerConfig
+from services.tracker.engine import Engine
+from services.tracker.servicer import TrackerServicer
+from services.tracker.store import Store
+from services.tracker.template import ChatTemplate
+
+log = logging.getLogger("services.tracker")
+
+
+def load_template(cfg: TrackerConfig) -> ChatTemplate:
+    from transformers import AutoTokenizer
+
+    if not (cfg.model_path / "tokenizer.json").exists() and not (cfg.model_path / "tokenizer_config.json").exists():
+        raise SystemExit(f"no tokenizer at {cfg.model_path}: run `make setup` or set HALOWEAVE_MODEL_PATH")
+    return ChatTemplate(AutoTokenizer.from_pretrained(str(cfg.model_path)))
+
+
+async def serve(cfg: TrackerConfig) -> None:
+    template = load_template(cfg)
+    redis = Redis.from_url(cfg.redis_url)
+    await redis.ping()  # fail at start-up, not on the first request
+    engine = Engine(Store(redis), template, cfg.model_path.name, model_store.tokenizer_fingerprint(cfg.model_path))
+    server = Server(cfg.listen)
+    server.add(tracker_pb2_grpc.add_TrackerServicer_to_server, TrackerServicer(engine), "haloweave.tracker.v1.Tracker")
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr="127.0.0.1" if cfg.listen.startswith("127.") else "0.0.0.0")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info("tracker ready on %s (metrics port %s)", cfg.listen, cfg.metrics_port or "off")
+    await stop.wait()
+    log.info("stopping")
+    await server.stop(grace=5.0)
+    await redis.aclose()
+
+
+def main() -> int:
+    logs.setup("tracker")
+    cfg = TrackerConfig.from_env()
+    asyncio.run(serve(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

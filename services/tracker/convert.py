@@ -1,0 +1,143 @@
+"""Protobuf in, domain objects out, and back: the only place that knows both (to_pb / from_pb)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from haloweave.tracker.v1 import tracker_pb2 as pb
+
+from services.tracker.engine import ContextView, ExportedToken, Opened, StepOutcome
+from services.tracker.frames import FrameInput
+from services.tracker.settings import Settings
+from services.tracker.state import SessionState
+
+_SCALARS = (
+    "aggregation",
+    "distance_mode",
+    "min_distance",
+    "distance_scale",
+    "decay_mode",
+    "decay_rate",
+    "boost",
+    "initial_score",
+    "max_context_tokens",
+    "prune_mode",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+)
+
+
+def settings_changes_from_pb(message: pb.Settings) -> dict[str, Any]:
+    """Only the fields that are set: an update, or the overrides of a new session."""
+    changes: dict[str, Any] = {name: getattr(message, name) for name in _SCALARS if message.HasField(name)}  # type: ignore[arg-type]
+    if message.clear_stop:
+        changes["stop"] = ()
+    elif message.stop:
+        changes["stop"] = tuple(message.stop)
+    return changes
+
+
+def settings_to_pb(settings: Settings) -> pb.Settings:
+    message = pb.Settings(**{name: getattr(settings, name) for name in _SCALARS})
+    message.stop.extend(settings.stop)
+    return message
+
+
+def context_to_pb(session_id: str, context: ContextView) -> pb.Context:
+    return pb.Context(
+        session_id=session_id,
+        positions=context.positions,
+        token_ids=context.token_ids,
+        next_position=context.next_position,
+    )
+
+
+def session_info_to_pb(state: SessionState) -> pb.SessionInfo:
+    return pb.SessionInfo(
+        session_id=state.session_id,
+        settings=settings_to_pb(state.settings),
+        model=state.meta.model,
+        tokenizer_fingerprint=state.meta.fingerprint,
+        active_tokens=state.active_count(),
+        pruned_tokens=state.meta.pruned_tokens,
+        turns=state.meta.turns,
+        generating=state.generating,
+    )
+
+
+def frame_from_pb(message: pb.Frame) -> FrameInput:
+    return FrameInput(
+        step=message.step,
+        token_id=message.token_id,
+        attention=np.array(message.attention, dtype=np.float32),
+        full=message.full_attention,
+        layers=message.layers,
+        heads=message.heads,
+    )
+
+
+def opened_to_pb(session_id: str, opened: Opened) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        opened=pb.Opened(
+            turn_id=opened.turn_id,
+            settings=settings_to_pb(opened.settings),
+            context=context_to_pb(session_id, opened.context),
+        )
+    )
+
+
+def directive_to_pb(session_id: str, outcome: StepOutcome, include_settings: bool) -> pb.GenerateResponse:
+    directive = pb.Directive(
+        step=outcome.step,
+        position=outcome.position,
+        evict_positions=outcome.evict_positions,
+        reprefill=outcome.reprefill,
+        cancel=outcome.cancel,
+    )
+    if outcome.context is not None:
+        directive.context.CopyFrom(context_to_pb(session_id, outcome.context))
+    if include_settings:
+        directive.settings.CopyFrom(settings_to_pb(outcome.settings))
+    return pb.GenerateResponse(directive=directive)
+
+
+def export_to_pb(state: SessionState, tokens: list[ExportedToken]) -> pb.ExportResponse:
+    return pb.ExportResponse(
+        session_id=state.session_id,
+        settings=settings_to_pb(state.settings),
+        tokens=[
+            pb.TokenEntry(
+                token=t.token,
+                token_id=t.token_id,
+                position=t.position,
+                attention_score=t.attention_score,
+                turn_id=t.turn_id,
+                sentence_id=t.sentence_id,
+                role=t.role,
+                deleted=t.deleted,
+            )
+            for t in tokens
+        ],
+        model=state.meta.model,
+        tokenizer_fingerprint=state.meta.fingerprint,
+        next_position=state.meta.next_position,
+    )
+
+
+def tokens_from_pb(message: pb.ExportResponse) -> list[ExportedToken]:
+    return [
+        ExportedToken(
+            token=t.token,
+            token_id=t.token_id,
+            position=t.position,
+            attention_score=t.attention_score,
+            turn_id=t.turn_id,
+            sentence_id=t.sentence_id,
+            role=t.role,
+            deleted=t.deleted,
+        )
+        for t in message.tokens
+    ]

@@ -1,0 +1,249 @@
+"""The engine against a real Redis: the dictionary, a generation, events, refusals that change nothing, replicas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.tracker.engine import Engine
+from services.tracker.frames import FrameInput
+from services.tracker.store import Store
+
+from .conftest import EngineFactory, read_events
+
+
+def vector(n: int, value: float = 0.0) -> np.ndarray:
+    return np.full(n, value, dtype=np.float32)
+
+
+async def dictionary(engine: Engine, session_id: str) -> list[tuple]:
+    _, tokens = await engine.export(session_id)
+    return [(t.position, t.token_id, t.attention_score, t.turn_id, t.sentence_id, t.role, t.deleted) for t in tokens]
+
+
+async def test_create_and_append_build_the_dictionary(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    state = await engine.create_session({}, None)
+    sid = state.session_id
+    system_count = state.size
+    assert state.arrays["pos"].tolist() == list(range(system_count))
+    turn, first, last = await engine.append_message(sid, "user", "Hello there. How are you?")
+    assert (turn, first) == (1, system_count)
+    state, tokens = await engine.export(sid)
+    user = [t for t in tokens if t.turn_id == 1]
+    assert [t.position for t in user] == list(range(first, last + 1))
+    # Sentences: the header, "Hello there.", " How are you?", then the trailer "<|im_end|>\n" on its own.
+    text_by_sentence: dict[int, str] = {}
+    for t in user:
+        text_by_sentence[t.sentence_id] = text_by_sentence.get(t.sentence_id, "") + t.token
+    assert text_by_sentence == {0: "<|im_start|>user\n", 1: "Hello there.", 2: " How are you?", 3: "<|im_end|>\n"}
+    events = await read_events(redis, sid)
+    token_events = [e for e in events if e["type"] == "token"]
+    assert len(token_events) == state.size
+    assert token_events[-1] == {
+        "type": "token",
+        "event_id": events[-1]["event_id"],
+        "position": last,
+        "token": "\n",
+        "token_id": tokens[-1].token_id,
+        "role": "user",
+        "turn_id": 1,
+        "sentence_id": 3,
+        "score": 0.0,
+    }
+    assert [e["event_id"] for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_unknown_session_and_bad_messages_are_refused(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    with pytest.raises(NotFound):
+        await engine.append_message("nope", "user", "hi")
+    sid = (await engine.create_session({}, None)).session_id
+    before = await dictionary(engine, sid)
+    with pytest.raises(InvalidArgument, match="role"):
+        await engine.append_message(sid, "assistant", "hi")
+    with pytest.raises(InvalidArgument, match="empty"):
+        await engine.append_message(sid, "user", "")
+    with pytest.raises(InvalidArgument, match=r"settings\.decay_rate"):
+        await engine.update_settings(sid, {"decay_rate": math.nan})
+    with pytest.raises(InvalidArgument, match=r"settings\.top_p"):
+        await engine.update_settings(sid, {"top_p": 0.0})
+    assert await dictionary(engine, sid) == before
+
+
+async def test_a_generation_scores_appends_and_closes(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    created = await engine.create_session({"min_distance": 0, "distance_mode": "none", "decay_rate": 0.5}, "Be brief.")
+    sid_ = created.session_id
+    await engine.append_message(sid_, "user", "Hi!")
+    opened = await engine.open(sid_, "job-1")
+    positions = opened.context.positions
+    assert positions == list(range(opened.context.next_position))
+    n = len(positions)
+    attention = np.linspace(0, 1, n, dtype=np.float32)
+    outcome = await engine.frame(sid_, "job-1", FrameInput(0, 42, attention))
+    assert outcome.position == n and outcome.evict_positions == [] and not outcome.cancel
+    state = await engine.session(sid_)
+    # additive: max(0, 0 + 1 * 1 * a - 0.5) for the old tokens; the new token starts at the initial score 0.
+    expected = np.maximum(0.0, attention.astype(np.float64) - 0.5)
+    assert np.allclose(state.arrays["score"][:n], expected)
+    assert state.arrays["score"][n] == 0.0
+    with pytest.raises(FailedPrecondition):
+        await engine.append_message(sid_, "user", "too early")
+    await engine.frame(sid_, "job-1", FrameInput(1, 2, vector(n + 1, 0.1)))  # 2 = <|im_end|>
+    turn = await engine.finish(sid_, "job-1", "eos", {"tokens": 2})
+    state, tokens = await engine.export(sid_)
+    reply = [t.token for t in tokens if t.turn_id == turn]
+    assert reply[-2:] == ["<|im_end|>", "\n"]  # the model's own end token, then only the newline
+    events = await read_events(redis, sid_)
+    done = [e for e in events if e["type"] == "done"]
+    assert done[0]["turn_id"] == turn and done[0]["stats"]["reason"] == "eos"
+    assert done[0]["stats"]["active_tokens"] == state.size
+    brightness = [e for e in events if e["type"] == "brightness"]
+    assert brightness[0]["step"] == 0 and len(brightness[0]["positions"]) == len(brightness[0]["scores"])
+    assert not (await engine.session(sid_)).generating
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (FrameInput(0, 5, vector(3)), "expected"),
+        (FrameInput(0, 5, np.array([math.nan] * 9, dtype=np.float32)), "NaN"),
+        (FrameInput(1, 5, vector(0)), "out of order"),
+        (FrameInput(0, -1, vector(0)), "vocabulary"),
+        (FrameInput(0, 5, vector(0), full=b"\x00\x00", layers=1, heads=1), "bytes"),
+    ],
+)
+async def test_invalid_frames_change_nothing(
+    make_engine: EngineFactory, redis: Redis, frame: FrameInput, message: str
+) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "S.")).session_id
+    await engine.append_message(sid, "user", "U.")
+    opened = await engine.open(sid, "j")
+    n = len(opened.context.positions)
+    if frame.attention.size == 9:  # sized to the context: the values are what is wrong
+        frame = FrameInput(0, 5, np.array([1.0] * (n - 1) + [math.nan], dtype=np.float32))
+    before = await dictionary(engine, sid)
+    events_before = await read_events(redis, sid)
+    with pytest.raises(InvalidArgument, match=message):
+        await engine.frame(sid, "j", frame)
+    for bad in (math.inf, -0.5):
+        with pytest.raises(InvalidArgument):
+            await engine.frame(sid, "j", FrameInput(0, 5, np.array([0.1] * (n - 1) + [bad], dtype=np.float32)))
+    assert await dictionary(engine, sid) == before
+    assert await read_events(redis, sid) == events_before
+    # The stream can go on with a valid frame afterwards.
+    assert (await engine.frame(sid, "j", FrameInput(0, 5, vector(n, 0.1)))).position == n
+
+
+async def test_full_frames_are_reduced_with_the_mean_and_shown(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    changes = {"aggregation": "full", "distance_mode": "none", "decay_rate": 0.0}
+    sid = (await engine.create_session(changes, "")).session_id
+    opened = await engine.open(sid, "j")
+    n = len(opened.context.positions)
+    tensor = np.random.default_rng(0).random((2, 3, n)).astype("<f2")
+    await engine.frame(sid, "j", FrameInput(0, 5, vector(0), tensor.tobytes(), 2, 3))
+    state = await engine.session(sid)
+    assert np.allclose(state.arrays["score"][:n], tensor.astype(np.float32).mean(axis=(0, 1)), atol=1e-6)
+    attention = [e for e in await read_events(redis, sid) if e["type"] == "attention"]
+    assert attention[0]["layers"] == 2 and attention[0]["heads"] == 3
+    assert attention[0]["positions"] == opened.context.positions
+
+
+async def test_pruning_respects_budget_protections_and_modes(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({"decay_mode": "none"}, "Sys.")).session_id
+    await engine.append_message(sid, "user", "One. Two. Three. Four.")
+    await engine.append_message(sid, "user", "Latest question?")
+    opened = await engine.open(sid, "j")
+    n = len(opened.context.positions)
+    state = await engine.session(sid)
+    # Make the first user turn's sentences distinguishable: attention rises with position.
+    await engine.update_settings(sid, {"max_context_tokens": n - 3, "min_distance": 0, "distance_mode": "none"})
+    outcome = await engine.frame(sid, "j", FrameInput(0, 5, np.linspace(0.01, 1, n, dtype=np.float32)))
+    state = await engine.session(sid)
+    assert state.active_count() <= n - 3
+    deleted = state.arrays["deleted"].astype(bool)
+    assert set(state.arrays["turn"][deleted].tolist()) == {1}  # only the older user turn was prunable
+    assert outcome.evict_positions == state.arrays["pos"][deleted].tolist()
+    pruned = [e for e in await read_events(redis, sid) if e["type"] == "pruned"]
+    assert pruned[0]["turn_id"] == 1 and pruned[0]["sentence_id"] == 0  # the dimmest (oldest) sentence first
+    # Reprefill mode answers with the surviving context instead of evictions.
+    await engine.update_settings(sid, {"prune_mode": "reprefill", "max_context_tokens": state.active_count() - 1})
+    outcome = await engine.frame(sid, "j", FrameInput(1, 5, vector(state.active_count(), 0.5)))
+    assert outcome.reprefill and outcome.evict_positions == [] and outcome.context is not None
+    assert outcome.context.positions == (await engine.context(sid)).positions
+
+
+async def test_cancel_and_settings_reach_the_next_step(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "")).session_id
+    opened = await engine.open(sid, "j")
+    n = len(opened.context.positions)
+    first = await engine.frame(sid, "j", FrameInput(0, 5, vector(n)))
+    await engine.update_settings(sid, {"boost": 2.0})
+    await engine.cancel(sid)
+    second = await engine.frame(sid, "j", FrameInput(1, 5, vector(n + 1)))
+    assert not first.cancel and second.cancel
+    assert second.settings.boost == 2.0 and second.settings_version == first.settings_version + 1
+
+
+async def test_replicas_alternating_equal_one_replica(make_engine: EngineFactory) -> None:
+    async def conversation(engines: list[Engine]) -> list[tuple]:
+        pick = iter(engines * 100)
+        sid = (await next(pick).create_session({"max_context_tokens": 40}, "Sys.")).session_id
+        for turn in range(3):
+            await next(pick).append_message(sid, "user", f"Question {turn}. It has two sentences!")
+            opened = await next(pick).open(sid, f"job{turn}")
+            n = len(opened.context.positions)
+            for step in range(6):
+                await next(pick).update_settings(sid, {"boost": 1.0 + step})
+                values = np.random.default_rng(step).random(n).astype(np.float32)
+                outcome = await next(pick).frame(sid, f"job{turn}", FrameInput(step, 13 + step, values))
+                n = n + 1 - outcome.pruned_tokens
+            await next(pick).finish(sid, f"job{turn}", "length", {})
+        rows = await dictionary(engines[0], sid)
+        return [row for row in rows]
+
+    one = await make_engine()
+    single = await conversation([one])
+    alternating = await conversation([await make_engine(), await make_engine()])
+    assert single == alternating
+    assert any(row[-1] for row in single)  # pruning happened
+
+
+async def test_a_stale_commit_is_refused_whole(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "")).session_id
+    state = await engine.session(sid)
+    draft_a, draft_b = state.draft(), state.draft()
+    draft_a.state.meta.turns += 5
+    draft_b.emit("token", {"x": 1})
+    store = Store(redis)
+    assert await store.commit(draft_a) is not None
+    events_before = await read_events(redis, sid)
+    assert await store.commit(draft_b) is None
+    assert await read_events(redis, sid) == events_before
+    assert (await engine.session(sid)).meta.turns == state.meta.turns + 5
+
+
+async def test_a_new_replica_continues_positions_and_restore_never_rewinds(make_engine: EngineFactory) -> None:
+    first = await make_engine()
+    sid = (await first.create_session({}, "Hi.")).session_id
+    exported_state, exported = await first.export(sid)
+    await first.append_message(sid, "user", "More words here.")
+    restarted = await make_engine()
+    _, _, last = await restarted.append_message(sid, "user", "After restart.")
+    await restarted.restore(sid, exported_state.settings, exported, exported_state.meta.next_position)
+    assert [t.position for t in (await restarted.export(sid))[1]] == [t.position for t in exported]
+    turn, first_pos, _ = await restarted.append_message(sid, "user", "After restore.")
+    assert first_pos == last + 1 and turn == 1
+    broken = list(reversed(exported))
+    with pytest.raises(InvalidArgument, match="increasing"):
+        await restarted.restore(sid, exported_state.settings, broken, 0)
