@@ -1,0 +1,184 @@
+"""The obfuscation chain: reversible, seeded transforms of a snapshot's tensors (DESIGN.md section 5).
+
+This is not security (authenticated encryption is, see crypto.py): it makes the stored tensors useless to a reader that
+does not know the chain, and it is bit-exact to undo. Steps, in any order and any number of times:
+
+- `rotate_heads`: permutes the KV heads (axis 1) of every layer tensor; one permutation per layer, shared by its key and
+  value, so a layer's heads stay paired.
+- `xor_mask`: XORs the raw bytes of every tensor but `input_ids` with a mask drawn from the step's seed and the
+  tensor's name. The 64 KiB mask repeats over the tensor; done in place with numpy it costs little next to
+  encryption. `input_ids` are left to `remap_ids`, so that a remap after a mask still sees token ids.
+- `remap_ids`: replaces every token id in `input_ids` by its image under a seeded permutation of [0, max id]; the
+  permutations are kept, one row per step, in `metadata/symbolic_map.npy`.
+
+Each step works on one tensor at a time, so a save transforms each tensor as it arrives; the chain is logged, in order,
+in `metadata/obfchain.txt` and undone in reverse on load.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common.errors import DataLoss, InvalidArgument
+from services.snapshot.layout import layer_of
+
+STEPS = ("rotate_heads", "xor_mask", "remap_ids")
+_MASK_BYTES = 64 * 1024
+
+
+def _rng(seed: int, *salt: int | str) -> np.random.Generator:
+    words = [seed] + [int.from_bytes(s.encode(), "little") if isinstance(s, str) else s for s in salt]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def _xor_in_place(array: np.ndarray, mask: np.ndarray) -> None:
+    raw = array.reshape(-1).view(np.uint8)
+    full = raw.size - raw.size % mask.size
+    if full:
+        block = raw[:full].reshape(-1, mask.size)
+        np.bitwise_xor(block, mask, out=block)
+    if raw.size > full:
+        np.bitwise_xor(raw[full:], mask[: raw.size - full], out=raw[full:])
+
+
+@dataclass(slots=True)
+class Step:
+    kind: str
+    seed: int
+    # remap_ids only: forward[i] is the stored id of token id i (a permutation of [0, len(forward))).
+    forward: np.ndarray | None = None
+
+    def apply(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Returns the transformed tensor; may reuse `array`'s memory (the caller hands it over)."""
+        if self.kind == "rotate_heads":
+            layer = layer_of(name)
+            if layer is None:
+                return array
+            perm = _rng(self.seed, layer[0]).permutation(array.shape[1])
+            return np.ascontiguousarray(array[:, perm])
+        if self.kind == "xor_mask":
+            if name == "input_ids":
+                return array
+            array = _writable(array)
+            _xor_in_place(array, self._mask(name))
+            return array
+        if name != "input_ids":
+            return array
+        forward = self._forward_for(array)
+        return forward[array].astype(array.dtype, copy=False)
+
+    def undo(self, name: str, array: np.ndarray) -> np.ndarray:
+        if self.kind == "rotate_heads":
+            layer = layer_of(name)
+            if layer is None:
+                return array
+            perm = _rng(self.seed, layer[0]).permutation(array.shape[1])
+            return np.ascontiguousarray(array[:, np.argsort(perm)])
+        if self.kind == "xor_mask":
+            if name == "input_ids":
+                return array
+            array = _writable(array)
+            _xor_in_place(array, self._mask(name))
+            return array
+        if name != "input_ids":
+            return array
+        if self.forward is None:
+            raise DataLoss("obfuscation chain: remap_ids has no symbolic map")
+        if array.size and (array.min() < 0 or array.max() >= self.forward.size):
+            raise DataLoss("obfuscation chain: input_ids fall outside the symbolic map")
+        inverse = np.empty_like(self.forward)
+        inverse[self.forward] = np.arange(self.forward.size, dtype=self.forward.dtype)
+        return inverse[array].astype(array.dtype, copy=False)
+
+    def _mask(self, name: str) -> np.ndarray:
+        return np.frombuffer(_rng(self.seed, name).bytes(_MASK_BYTES), dtype=np.uint8)
+
+    def _forward_for(self, ids: np.ndarray) -> np.ndarray:
+        if self.forward is None or (ids.size and ids.max() >= self.forward.size):
+            raise InvalidArgument("remap_ids: input_ids do not fit the symbolic map prepared for them")
+        return self.forward
+
+    def prepare(self, size: int) -> None:
+        self.forward = _rng(self.seed, "remap_ids").permutation(size).astype(np.int64)
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.writeable and array.flags.c_contiguous else np.array(array, order="C")
+
+
+@dataclass(slots=True)
+class Chain:
+    steps: list[Step] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, kinds: list[str]) -> Chain:
+        """A fresh chain with random seeds; unknown step names are refused."""
+        for kind in kinds:
+            if kind not in STEPS:
+                raise InvalidArgument(f"unknown obfuscation step {kind!r}: expected one of {', '.join(STEPS)}")
+        return cls([Step(kind, secrets.randbits(63)) for kind in kinds])
+
+    @property
+    def kinds(self) -> list[str]:
+        return [step.kind for step in self.steps]
+
+    def apply(self, name: str, array: np.ndarray) -> np.ndarray:
+        if name == "input_ids":
+            self._prepare_remaps(array)
+        for step in self.steps:
+            array = step.apply(name, array)
+        return array
+
+    def _prepare_remaps(self, ids: np.ndarray) -> None:
+        """Every remap step permutes the same range, [0, max original id], so remapped ids stay inside it."""
+        remaps = [step for step in self.steps if step.kind == "remap_ids"]
+        if not remaps:
+            return
+        if ids.dtype.kind not in "iu":
+            raise InvalidArgument(f"remap_ids needs integer input_ids, got dtype {ids.dtype.str}")
+        if ids.size and ids.min() < 0:
+            raise InvalidArgument("remap_ids needs non-negative input_ids")
+        size = int(ids.max()) + 1 if ids.size else 1
+        for step in remaps:
+            step.prepare(size)
+
+    def undo(self, name: str, array: np.ndarray) -> np.ndarray:
+        for step in reversed(self.steps):
+            array = step.undo(name, array)
+        return array
+
+    def to_text(self) -> str:
+        """obfchain.txt: one `<order> <step> seed=<n>` line per step, in the order they were applied."""
+        return "".join(f"{i} {step.kind} seed={step.seed}\n" for i, step in enumerate(self.steps))
+
+    def symbolic_map(self) -> np.ndarray:
+        """One row per remap_ids step (all rows share a width: each maps [0, max id of the original ids])."""
+        rows = [step.forward for step in self.steps if step.kind == "remap_ids"]
+        if not rows:
+            return np.zeros((0, 0), dtype=np.int64)
+        if any(row is None for row in rows):
+            raise InvalidArgument("remap_ids was requested but no input_ids were sent")
+        return np.stack([row for row in rows if row is not None])
+
+    @classmethod
+    def from_text(cls, text: str, symbolic_map: np.ndarray) -> Chain:
+        steps: list[Step] = []
+        try:
+            for i, line in enumerate(text.splitlines()):
+                order, kind, seed = line.split(" ")
+                if int(order) != i or kind not in STEPS or not seed.startswith("seed="):
+                    raise ValueError(line)
+                steps.append(Step(kind, int(seed.removeprefix("seed="))))
+        except ValueError as error:
+            raise DataLoss(f"obfchain.txt is malformed at {error}") from None
+        remaps = [step for step in steps if step.kind == "remap_ids"]
+        if symbolic_map.ndim != 2 or symbolic_map.shape[0] != len(remaps):
+            raise DataLoss(f"symbolic_map.npy has shape {symbolic_map.shape}, the chain has {len(remaps)} remap_ids")
+        for step, row in zip(remaps, symbolic_map, strict=True):
+            if not np.array_equal(np.sort(row), np.arange(row.size)):
+                raise DataLoss("symbolic_map.npy is not a permutation")
+            step.forward = np.ascontiguousarray(row, dtype=np.int64)
+        return cls(steps)

@@ -1,0 +1,169 @@
+"""One save in progress: tensors are checked, obfuscated, sealed and written as they arrive; the manifest goes last.
+
+Only one tensor is held at a time (plus its sealed copy), so a multi-gigabyte cache never sits in memory whole. Until
+`finish` writes the manifest the folder is invisible: List and Load ignore it, and garbage collection removes it if
+its save never completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from services.common.errors import InvalidArgument
+from services.snapshot import crypto, layout
+from services.snapshot.backends import Backend, Data
+from services.snapshot.obfuscation import Chain
+from services.snapshot.tensors import CACHE_DTYPES, Header, Info, npy_parts, numpy_dtype, to_npy_bytes
+
+
+class SaveSession:
+    def __init__(
+        self,
+        backend: Backend,
+        header: Header,
+        snapshot_id: str,
+        created_at: str,
+        master: crypto.MasterKey | None,
+        on_close: Callable[[str], None],
+    ) -> None:
+        self.backend = backend
+        self.header = header
+        self.snapshot_id = snapshot_id
+        self.created_at = created_at
+        self.master = master
+        self.data_key = crypto.DataKey.new() if master is not None else None
+        self.chain = Chain.new(header.obfuscation)
+        self._on_close = on_close
+        self._closed = False
+        self.manifest = layout.Manifest(
+            snapshot_id=snapshot_id,
+            session_id=header.session_id,
+            created_at=created_at,
+            model=header.model,
+            dtype=header.dtype,
+            tokens=0,
+            format_version=layout.FORMAT_VERSION,
+            encrypted=master is not None,
+            key={},
+        )
+        self._layer_dims: tuple[int, int] | None = None  # (batch, tokens), shared by every layer tensor
+
+    @property
+    def bytes_written(self) -> int:
+        return self.manifest.total_bytes
+
+    def add(self, name: str, dtype: str, shape: Sequence[int], data: bytearray) -> None:
+        """Takes ownership of `data` (it may be transformed in place)."""
+        path = layout.tensor_file(name)
+        layer = layout.layer_of(name)
+        if layer is not None and layer[0] >= self.header.num_layers:
+            raise InvalidArgument(f"{name}: the header declares {self.header.num_layers} layers")
+        if name in self.manifest.tensors:
+            raise InvalidArgument(f"{name} was sent twice")
+        np_dtype = numpy_dtype(dtype)
+        dims = tuple(int(d) for d in shape)
+        if any(d < 0 for d in dims):
+            raise InvalidArgument(f"{name}: negative dimension in shape {list(dims)}")
+        expected = int(np.prod(dims, dtype=np.int64)) * np_dtype.itemsize
+        if expected != len(data):
+            raise InvalidArgument(f"{name}: shape {list(dims)} of {dtype} needs {expected} bytes, got {len(data)}")
+        if layer is not None:
+            self._check_layer(name, dtype, dims)
+        array = np.frombuffer(data, dtype=np_dtype).reshape(dims)
+        array = self.chain.apply(name, array)
+        self._store(path, npy_parts(array))
+        self.manifest.tensors[name] = layout.TensorEntry(dtype, list(dims))
+        if name == "input_ids":
+            self.manifest.tokens = int(dims[-1]) if dims else 1
+
+    def _check_layer(self, name: str, dtype: str, dims: tuple[int, ...]) -> None:
+        if dtype not in CACHE_DTYPES[self.header.dtype]:
+            raise InvalidArgument(f"{name} is {dtype}, but the header says the cache is {self.header.dtype}")
+        if len(dims) != 4:
+            raise InvalidArgument(f"{name}: a layer tensor is (batch, kv_heads, tokens, head_dim), got {list(dims)}")
+        batch_tokens = (dims[0], dims[2])
+        if self._layer_dims is None:
+            self._layer_dims = batch_tokens
+        elif self._layer_dims != batch_tokens:
+            raise InvalidArgument(
+                f"{name}: (batch, tokens) {batch_tokens} differs from the other layers' {self._layer_dims}"
+            )
+
+    def _store(self, path: str, parts: Sequence[memoryview]) -> None:
+        plain_size = sum(len(p) for p in parts)
+        stored: Sequence[Data] = parts
+        if self.data_key is not None:
+            stored = [crypto.encrypt(self.data_key, path, parts)]
+        digest = hashlib.sha256()
+        for part in stored:
+            digest.update(part)
+        self.backend.write(self.snapshot_id, path, stored)
+        size = sum(len(p) for p in stored)
+        self.manifest.files[path] = layout.FileEntry(digest.hexdigest(), size, plain_size)
+
+    def finish(self) -> Info:
+        """Checks the snapshot is complete, writes the metadata, then the manifest: from here on it is visible."""
+        missing = [n for n in layout.tensor_names(self.header.num_layers) if n not in self.manifest.tensors]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise InvalidArgument(f"snapshot incomplete: missing {shown}")
+        header = self.header
+        config = layout.Config(
+            model=header.model,
+            dtype=header.dtype,
+            cache_impl=header.cache_impl,
+            tokenizer_fingerprint=header.tokenizer_fingerprint,
+            num_layers=header.num_layers,
+            session_id=header.session_id,
+            snapshot_id=self.snapshot_id,
+            created_at=self.created_at,
+        )
+        cipher = "none"
+        if self.master is not None and self.data_key is not None:
+            cipher = "AES-256-GCM"
+            self.manifest.key = {
+                "key_id": self.data_key.key_id,
+                "master_key_id": self.master.key_id,
+                "wrapped": self.master.wrap(self.data_key, self.snapshot_id),
+            }
+        data_key_id = self.manifest.key.get("key_id", "-")
+        master_key_id = self.manifest.key.get("master_key_id", "-")
+        keylog = (
+            f"{self.created_at} create snapshot={self.snapshot_id} session={header.session_id} cipher={cipher}"
+            f" data_key={data_key_id} master_key={master_key_id}\n"
+        )
+        metadata = {
+            layout.CONFIG: config.to_text().encode(),
+            layout.OBFCHAIN: self.chain.to_text().encode(),
+            layout.SYMBOLIC_MAP: to_npy_bytes(self.chain.symbolic_map()),
+            layout.KEYLOG: keylog.encode(),
+            layout.TRACKER_STATE: header.tracker_state,
+        }
+        for path, content in metadata.items():
+            self._store(path, [memoryview(content)])
+        if self.data_key is not None:
+            self.manifest.mac = self.data_key.mac(self.manifest.canonical())
+        self.backend.write(self.snapshot_id, layout.MANIFEST, [self.manifest.to_bytes()])
+        self._close()
+        return Info(
+            snapshot_id=self.snapshot_id,
+            session_id=header.session_id,
+            model=header.model,
+            dtype=header.dtype,
+            tokens=self.manifest.tokens,
+            bytes=self.manifest.total_bytes,
+            created_at=self.created_at,
+        )
+
+    def abort(self) -> None:
+        """Removes everything written so far: a failed or cancelled save leaves nothing behind."""
+        if not self._closed:
+            self.backend.delete(self.snapshot_id)
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._on_close(self.snapshot_id)
