@@ -1,0 +1,122 @@
+"""Gateway fixtures: a real tracker process and a real gateway process on free ports, sharing the test Redis.
+
+The snapshot and inference addresses point at ports nobody listens on: these tests cover what the gateway does by
+itself and with the tracker; replies from the model are covered by the whole-stack tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from devstack.procs import Proc, free_port, python_module, wait_until
+from services.common.grpc_server import check_health
+
+# A database of its own: other test modules flush db 0 between their tests.
+GATEWAY_DB = 5
+RECV_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Gateway:
+    url: str
+    ws_url: str
+    redis_url: str
+    proc: Proc
+
+
+@pytest.fixture(scope="module")
+def gateway_redis_url(redis_server: tuple[Proc, str]) -> str:
+    return redis_server[1].rsplit("/", 1)[0] + f"/{GATEWAY_DB}"
+
+
+@pytest.fixture(scope="module")
+def tracker_addr(gateway_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    addr = f"127.0.0.1:{free_port()}"
+    env = {
+        "HALOWEAVE_REDIS_URL": gateway_redis_url,
+        "HALOWEAVE_TRACKER_LISTEN": addr,
+        "HALOWEAVE_TRACKER_METRICS_PORT": str(free_port()),
+    }
+    logs = tmp_path_factory.mktemp("tracker")
+    proc = Proc("tracker", python_module("services.tracker"), env, logs / "tracker.log")
+    try:
+        wait_until(lambda: asyncio.run(check_health(addr)), 90, "tracker health", proc)
+        yield addr
+    finally:
+        proc.stop()
+
+
+def start_gateway(redis_url: str, tracker: str, workdir: Path, **limits: str) -> Gateway:
+    port = free_port()
+    env = {
+        "HALOWEAVE_REDIS_URL": redis_url,
+        "HALOWEAVE_TRACKER_ADDR": tracker,
+        "HALOWEAVE_SNAPSHOT_ADDR": f"127.0.0.1:{free_port()}",
+        "HALOWEAVE_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
+        "HALOWEAVE_GATEWAY_PORT": str(port),
+        "HALOWEAVE_GATEWAY_JOB_TIMEOUT_S": "2",
+        **{f"HALOWEAVE_GATEWAY_{name.upper()}": value for name, value in limits.items()},
+    }
+    proc = Proc("gateway", python_module("services.gateway"), env, workdir / f"gateway-{port}.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, 60, "gateway /healthz", proc)
+    return Gateway(url, f"ws://127.0.0.1:{port}/v1/chat", redis_url, proc)
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_redis_url: str, tracker_addr: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(gateway_redis_url, tracker_addr, tmp_path_factory.mktemp("gateway"), send_buffer="64")
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
+class Client:
+    """A test WebSocket client: JSON frames, every receive bounded by a timeout so a bug fails instead of hanging."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), RECV_TIMEOUT_S)
+        frame: dict[str, Any] = json.loads(raw)
+        return frame
+
+    async def until(self, kind: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Receives until a frame of `kind`; returns it and every frame before it."""
+        seen: list[dict[str, Any]] = []
+        while True:
+            frame = await self.recv()
+            if frame["type"] == kind:
+                return frame, seen
+            seen.append(frame)
+
+    async def until_event(self, event_id: int) -> list[dict[str, Any]]:
+        """Receives every frame up to and including the one with `event_id`."""
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["event_id"] < event_id:
+            frames.append(await self.recv())
+        return frames
+
+    async def hello(self, **fields: Any) -> dict[str, Any]:
+        await self.send({"type": "hello", **fields})
+        frame = await self.recv()
+        assert frame["type"] == "session", frame
+        return frame
+
+
+def open_client(ws_url: str, **options: Any) -> Any:
+    return connect(ws_url, open_timeout=10, **options)
