@@ -163,6 +163,9 @@ class Reply:
                 )
                 await stream.send(tracker_pb2.GenerateRequest(finish=finish))
                 await self._closed(stream)
+                # The last step may have pruned too: the held cache should match the dictionary (and its size the
+                # budget) now, not only at the next turn's sync. Done after Closed so `done` is not delayed.
+                await self._apply(cache, directive)
                 return
             await self._apply(cache, directive)
             out = await self._run(self.engine.decode, cache, token, int(directive.position), mode)
@@ -185,6 +188,14 @@ class Reply:
 
     async def _apply(self, cache: SessionCache, directive: tracker_pb2.Directive) -> None:
         """Evicts in place, or rebuilds from the surviving tokens; the sampled token is fed afterwards."""
+        log.debug(
+            "directive step %d position %d evict %s reprefill %s (%d in context)",
+            directive.step,
+            directive.position,
+            list(directive.evict_positions),
+            directive.reprefill,
+            len(directive.context.positions),
+        )
         if directive.reprefill:
             ctx = directive.context
             pairs = [(p, t) for p, t in zip(ctx.positions, ctx.token_ids, strict=True) if p < directive.position]

@@ -17,7 +17,7 @@ from services.common.errors import HaloWeaveError, NotFound
 from services.inference.affinity import Affinity
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.engine import Engine, SessionCache
-from services.inference.generation import Reply
+from services.inference.generation import Reply, ReplyStats
 from services.inference.jobs import BadJob, Job, JobQueue
 from services.inference.metrics import WorkerStats
 from services.inference.sessions import SessionTable
@@ -56,6 +56,7 @@ class Worker:
         self.snapshots = Snapshots(engine, self.tracker, self.snapshot_client)
         self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms)
         self.affinity = Affinity(self.redis, self.worker_id, heartbeat_ttl_ms=settings.claim_idle_ms)
+        self.last_reply: ReplyStats | None = None  # for status and tests: how the latest reply went
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -156,6 +157,7 @@ class Worker:
     async def _generate(self, job: Job) -> tuple[str, Events]:
         cache = await self._cache_for(job.session_id)
         reply = Reply(self.engine, self.tracker, job.session_id, job.job_id)
+        self.last_reply = reply.stats
         try:
             stats = await reply.run(cache)
         except HaloWeaveError as error:

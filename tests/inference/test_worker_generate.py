@@ -1,0 +1,125 @@
+"""A worker running in-process with the real model against a real tracker process and a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+from haloweave.tracker.v1 import tracker_pb2
+
+from services.common.errors import InvalidArgument
+from services.inference.engine import Engine
+from services.inference.generation import Reply, sampling_params
+from services.inference.worker import Worker
+
+from .conftest import Chat
+
+
+def reply_of(frames: list[dict]) -> list[dict]:
+    return [f for f in frames if f["type"] == "token" and f["role"] == "assistant"]
+
+
+def cache_matches_context(worker: Worker, session_id: str, context: tracker_pb2.Context) -> None:
+    """What the worker holds is the tracker's active context, up to the reply's trailer (fed with the next turn)."""
+    cache = worker.sessions.get(session_id)
+    assert cache is not None
+    held = list(zip(cache.positions, cache.token_ids, strict=True))
+    active = list(zip(context.positions, context.token_ids, strict=True))
+    assert held == active[: len(held)]
+    # The last sampled token is never fed; the trailer is `\n` after <|im_end|>, else `<|im_end|>\n`.
+    assert len(active) - len(held) <= 3
+
+
+async def test_a_reply_streams_tokens_brightness_and_done(chat: Chat, start_worker) -> None:
+    handle = await start_worker()
+    session = await chat.session(max_new_tokens=6)
+    frames = await chat.turn(session, "What is the capital of France?")
+    kinds = [f["type"] for f in frames]
+    assert "error" not in kinds, frames
+    tokens = reply_of(frames)
+    assert tokens and "".join(t["token"] for t in tokens).strip()
+    assert "brightness" in kinds
+    done = frames[-1]
+    assert done["type"] == "done" and done["stats"]["reason"] in ("eos", "length")
+    assert 1 <= done["stats"]["tokens"] <= 6
+    cache_matches_context(handle.worker, session, await chat.context(session))
+    stats = handle.worker.stats
+    assert stats.generated_tokens == done["stats"]["tokens"]
+    assert stats.histograms["time_to_first_token_seconds"].counts != [0] * len(
+        stats.histograms["time_to_first_token_seconds"].counts
+    )
+    assert stats.jobs.get(("generate", done["stats"]["reason"])) == 1
+
+
+async def test_the_cache_is_kept_between_turns_and_only_the_new_suffix_is_prefilled(
+    chat: Chat, start_worker, worker_engine: Engine
+) -> None:
+    handle = await start_worker()
+    session = await chat.session(max_new_tokens=4)
+    await chat.turn(session, "Name a colour.")
+    held = len(handle.worker.sessions.get(session))
+    await chat.say(session, "And another one?")
+    before_open = len((await chat.context(session)).positions)
+    await chat.job_done(await chat.enqueue(session))
+    frames = await chat.events(session)
+    assert "error" not in [f["type"] for f in frames]
+    last = handle.worker.last_reply
+    assert last is not None and not last.rebuilt
+    header = worker_engine.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    # Prefilled: turn 1's trailer, the new user message and the assistant header; nothing that was held.
+    assert last.prefill_tokens == before_open + len(header) - held
+    assert held > last.prefill_tokens
+
+
+async def test_pruning_is_applied_in_place(chat: Chat, start_worker) -> None:
+    handle = await start_worker()
+    session = await chat.session(max_new_tokens=8, max_context_tokens=60, min_distance=0)
+    await chat.turn(session, "Hello there. I am writing a note. It is about cats.")
+    frames = await chat.turn(session, "Cats are nice. Dogs are loud. Birds sing. Fish swim. Tell me a fact.")
+    assert frames[-1]["type"] == "done", frames
+    assert any(f["type"] == "pruned" for f in frames)
+    last = handle.worker.last_reply
+    assert last is not None and not last.rebuilt
+    cache_matches_context(handle.worker, session, await chat.context(session))
+
+
+async def test_reprefill_mode_rebuilds_from_the_survivors(chat: Chat, start_worker) -> None:
+    handle = await start_worker()
+    session = await chat.session(max_new_tokens=8, max_context_tokens=60, min_distance=0, prune_mode="reprefill")
+    await chat.turn(session, "Hello there. I am writing a note. It is about cats.")
+    frames = await chat.turn(session, "Cats are nice. Dogs are loud. Birds sing. Fish swim. Tell me a fact.")
+    assert frames[-1]["type"] == "done", frames
+    assert any(f["type"] == "pruned" for f in frames)
+    cache_matches_context(handle.worker, session, await chat.context(session))
+
+
+async def test_bad_jobs_fail_with_an_error_event_and_the_worker_serves_on(chat: Chat, start_worker) -> None:
+    handle = await start_worker()
+    unknown = "no-such-session"
+    job_id = await chat.enqueue(unknown)
+    frames = await chat.wait_for(unknown, lambda fs: any(f["type"] == "error" for f in fs))
+    error = next(f for f in frames if f["type"] == "error")
+    assert error["job_id"] == job_id and error["code"] == "not_found"
+    bad = await chat.enqueue(unknown, job_type="dance")
+    frames = await chat.wait_for(unknown, lambda fs: any(f.get("job_id") == bad for f in fs))
+    assert next(f for f in frames if f.get("job_id") == bad)["code"] == "invalid_argument"
+    # The same worker still serves a real session.
+    session = await chat.session(max_new_tokens=3)
+    assert (await chat.turn(session, "Hi!"))[-1]["type"] == "done"
+    assert handle.worker.stats.jobs.get(("generate", "error")) == 1
+
+
+def test_invalid_generation_settings_are_refused_by_name() -> None:
+    with pytest.raises(InvalidArgument, match="top_p"):
+        sampling_params(tracker_pb2.Settings(top_p=0.0))
+    with pytest.raises(InvalidArgument, match="max_new_tokens"):
+        sampling_params(tracker_pb2.Settings(max_new_tokens=0))
+    params = sampling_params(tracker_pb2.Settings(temperature=0.5, seed=3, stop=["."]))
+    assert sampling_params(tracker_pb2.Settings(clear_stop=True), params).stop == []
+
+
+async def test_a_directive_for_positions_not_in_the_cache_is_refused_and_changes_nothing(worker_engine: Engine) -> None:
+    cache = worker_engine.new_cache()
+    worker_engine.prefill(cache, [1, 2, 3], [0, 1, 2], capture=None)
+    reply = Reply(worker_engine, None, "s", "j")  # type: ignore[arg-type]  # no stream is needed to apply a directive
+    with pytest.raises(InvalidArgument, match="prune directive"):
+        await reply._apply(cache, tracker_pb2.Directive(position=3, evict_positions=[1, 99]))
+    assert cache.positions == [0, 1, 2]
