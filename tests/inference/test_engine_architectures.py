@@ -6,7 +6,6 @@ Captured rows must equal each model's own eager attention, and pruning must keep
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

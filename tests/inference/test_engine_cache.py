@@ -134,7 +134,7 @@ def test_rebuild_is_a_fresh_prefill_of_the_survivors(engine: Engine) -> None:
 
 
 def test_evicting_an_unknown_position_changes_nothing(engine: Engine) -> None:
-    cache, ids, _ = filled(engine)
+    cache, _, _ = filled(engine)
     before = snapshot(cache)
     with pytest.raises(EngineInputError, match="position 9999"):
         engine.evict(cache, [1, 2, 9999])

@@ -44,6 +44,13 @@ def _allowed(q_len: int, kv_len: int, window: int | None, device: torch.device) 
     return allowed
 
 
+def _layer(module: torch.nn.Module) -> int:
+    index = getattr(module, "layer_idx", None)
+    if not isinstance(index, int):
+        raise RuntimeError(f"{type(module).__name__} has no layer_idx: capture cannot tell its layers apart")
+    return index
+
+
 def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return scores.masked_fill(~mask, float("-inf"))
@@ -122,7 +129,7 @@ def attention_forward(
             mask = _allowed(q_len, kv_len, sliding_window, query.device)[None, None]
         out, probs = _rows(query, key, value, mask, scale, softcap)
         if sink is not None:
-            sink.add(int(module.layer_idx), probs[0, :, -1])
+            sink.add(_layer(module), probs[0, :, -1])
         return out.transpose(1, 2), None
 
     if sink is None:
@@ -136,5 +143,5 @@ def attention_forward(
     if last_mask is None and sliding_window is not None:
         last_mask = _allowed(1, kv_len, sliding_window, query.device)[None, None]
     tail, probs = _rows(query[:, :, -1:], key, value, last_mask, scale, None)
-    sink.add(int(module.layer_idx), probs[0, :, -1])
+    sink.add(_layer(module), probs[0, :, -1])
     return torch.cat([head, tail], dim=2).transpose(1, 2), None

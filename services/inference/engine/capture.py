@@ -49,7 +49,9 @@ class CaptureSink:
     def add(self, layer: int, row: torch.Tensor) -> None:
         """`row` is [heads, ctx] float32: softmax probabilities of the newest query, per query head."""
         if row.shape != (self.num_heads, self.ctx):
-            raise RuntimeError(f"capture expected [{self.num_heads}, {self.ctx}] at layer {layer}, got {tuple(row.shape)}")
+            raise RuntimeError(
+                f"capture expected [{self.num_heads}, {self.ctx}] at layer {layer}, got {tuple(row.shape)}"
+            )
         self.layers_seen += 1
         if self._full is not None:
             self._full[layer] = row.to(torch.float16)

@@ -48,7 +48,8 @@ class Engine:
             model = AutoModelForCausalLM.from_pretrained(
                 str(path), dtype=config.torch_dtype, attn_implementation=attention.ATTENTION_NAME
             )
-            model = model.to(config.device)
+            # Module.to moves in place; transformers' typed wrapper of `to` confuses the type checker.
+            torch.nn.Module.to(model, torch.device(config.device))
         else:
             model.set_attn_implementation(attention.ATTENTION_NAME)
         model.eval()
@@ -84,8 +85,9 @@ class Engine:
             drop.add(index[p])
         keep = [i for i in range(len(cache)) if i not in drop]
         slots = torch.tensor(keep, dtype=torch.long, device=self._device)
-        for layer in cache.layers:
-            layer.keep(slots)
+        with torch.inference_mode():  # the buffers are inference tensors: only written to in this mode
+            for layer in cache.layers:
+                layer.keep(slots)
         cache.positions = [cache.positions[i] for i in keep]
         cache.token_ids = [cache.token_ids[i] for i in keep]
 
@@ -103,9 +105,9 @@ class Engine:
 
     def import_cache(self, arrays: dict[str, np.ndarray]) -> SessionCache:
         cache = self.new_cache()
-        import_arrays(
-            cache, arrays, self.dtype, self._device, (self.num_layers, self.num_kv_heads, self.head_dim, self.vocab_size)
-        )
+        shape = (self.num_layers, self.num_kv_heads, self.head_dim, self.vocab_size)
+        with torch.inference_mode():
+            import_arrays(cache, arrays, self.dtype, self._device, shape)
         return cache
 
     # ---- forwards -----------------------------------------------------------------------------------------------
@@ -122,14 +124,14 @@ class Engine:
     def decode(self, cache: SessionCache, token_id: int, position: int, capture: str | None) -> StepOutput:
         return self.prefill(cache, [token_id], [position], capture)
 
-    def _forward(self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None) -> StepOutput:
+    def _forward(
+        self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None
+    ) -> StepOutput:
         check_mode(capture)
         started = time.perf_counter()
         before = len(cache)
         ctx = before + len(token_ids)
-        sink = (
-            CaptureSink(capture, self.num_layers, self.num_heads, ctx, self._device) if capture is not None else None
-        )
+        sink = CaptureSink(capture, self.num_layers, self.num_heads, ctx, self._device) if capture is not None else None
         input_ids = torch.tensor([token_ids], dtype=torch.long, device=self._device)
         position_ids = torch.tensor([positions], dtype=torch.long, device=self._device)
         try:

@@ -57,7 +57,7 @@ class Generation:
             if token in self.engine.eos_token_ids:
                 self.reason = "eos"
                 return
-            self.text = self.engine.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            self.text = str(self.engine.tokenizer.decode(self.token_ids, skip_special_tokens=True))
             if stop_reached(self.text, self.params.stop) is not None:
                 self.reason = "stop"
                 return
