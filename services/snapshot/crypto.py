@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from services.common.errors import DataLoss, FailedPrecondition
+from services.common.errors import DataLoss
 
 SEGMENT_BYTES = 4 * 1024 * 1024
 NONCE_BYTES = 12
@@ -78,8 +78,10 @@ class MasterKey:
 
     def unwrap(self, wrapped: str, key_id: str, master_id: str, snapshot_id: str) -> DataKey:
         if master_id != self.key_id:
-            raise FailedPrecondition(
-                f"snapshot {snapshot_id} was encrypted under master key {master_id}; this service holds {self.key_id}"
+            # Without that key the manifest cannot be authenticated, so a tampered id looks the same: DataLoss.
+            raise DataLoss(
+                f"snapshot {snapshot_id} names master key {master_id}, this service holds {self.key_id}"
+                " (another deployment's snapshot, or a tampered manifest)"
             )
         try:
             raw = base64.b64decode(wrapped, validate=True)

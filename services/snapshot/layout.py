@@ -37,7 +37,7 @@ FIXED_TENSORS = ("input_ids", "attention_mask", "position_ids")
 _LAYER_NAME = re.compile(r"^layer\.(0|[1-9][0-9]*)\.(key|value)$")
 _LAYER_FILE = re.compile(r"^past_key_values/(0|[1-9][0-9]*)_(key|value)\.npy$")
 _ID = re.compile(
-    r"^m(1[0-2]|[1-9])d(3[01]|[12][0-9]|[1-9])x(2[0-3]|1[0-9]|[0-9])x([1-5]?[0-9])x([1-5]?[0-9])(_[1-9][0-9]*)?$"
+    r"^m(1[0-2]|[1-9])d(3[01]|[12][0-9]|[1-9])x(2[0-3]|1[0-9]|[0-9])x([1-5]?[0-9])x([1-5]?[0-9])(_([2-9]|[1-9][0-9]+))?$"
 )
 _MAX_SUFFIX = 10_000
 

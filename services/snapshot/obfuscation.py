@@ -26,6 +26,8 @@ from services.common.errors import DataLoss, InvalidArgument
 from services.snapshot.layout import layer_of
 
 STEPS = ("rotate_heads", "xor_mask", "remap_ids")
+# remap_ids stores a permutation as wide as the largest id; real vocabularies stay far below this.
+MAX_REMAP_IDS = 1 << 22
 _MASK_BYTES = 64 * 1024
 
 
@@ -142,6 +144,10 @@ class Chain:
         if ids.size and ids.min() < 0:
             raise InvalidArgument("remap_ids needs non-negative input_ids")
         size = int(ids.max()) + 1 if ids.size else 1
+        if size > MAX_REMAP_IDS:
+            raise InvalidArgument(
+                f"remap_ids: token id {size - 1} is beyond the supported vocabulary ({MAX_REMAP_IDS})"
+            )
         for step in remaps:
             step.prepare(size)
 
