@@ -41,7 +41,7 @@ def test_every_single_byte_change_is_detected(small_segments: int) -> None:
     for i in range(len(sealed)):
         tampered = bytearray(sealed)
         tampered[i] ^= 0x01
-        with pytest.raises(DataLoss, match="input_ids.npy"):
+        with pytest.raises(DataLoss, match=r"input_ids\.npy"):
             crypto.decrypt(key, "input_ids.npy", tampered, len(plain), "t")
 
 

@@ -126,10 +126,10 @@ def test_missing_truncated_or_extended_files_fail_the_load(file_store: SnapshotS
     original = target.read_bytes()
     for broken in (original[:-1], original + b"\0", b""):
         target.write_bytes(broken)
-        with pytest.raises(DataLoss, match="0_value.npy"):
+        with pytest.raises(DataLoss, match=r"0_value\.npy"):
             load(file_store, info)
     target.unlink()
-    with pytest.raises(DataLoss, match="0_value.npy is missing"):
+    with pytest.raises(DataLoss, match=r"0_value\.npy is missing"):
         load(file_store, info)
 
 
