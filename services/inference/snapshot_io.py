@@ -65,7 +65,8 @@ class Assembler:
             assert self._name is not None
             if self._size != expected:
                 raise DataLoss(f"snapshot tensor {self._name!r} is truncated: {self._size} of {expected} bytes")
-            array = np.frombuffer(b"".join(self._parts), dtype=self._dtype).reshape(self._shape)
+            # A bytearray keeps the array writable, as torch.from_numpy wants.
+            array = np.frombuffer(bytearray(b"".join(self._parts)), dtype=self._dtype).reshape(self._shape)
             self._done[self._name] = array.astype(self._dtype.newbyteorder("="), copy=False)
             self._name, self._parts, self._size = None, [], 0
 

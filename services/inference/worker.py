@@ -125,9 +125,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await keep
         self.stats.job(job.type, outcome)
-        await self.queue.complete(job, outcome, job_events)
+        # Before completing: a completed job means the worker is done with it, its memory budget settled too.
         await self._fit_budget(keep=job.session_id)
         self._gauges()
+        await self.queue.complete(job, outcome, job_events)
 
     async def _keep(self, job: Job) -> None:
         while True:

@@ -55,6 +55,25 @@ def tracker_addr(redis_server: tuple[Proc, str], tmp_path_factory: pytest.TempPa
         proc.stop()
 
 
+@pytest.fixture(scope="session")
+def snapshot_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real snapshot service storing into a temporary directory."""
+    root = tmp_path_factory.mktemp("snapshots")
+    address = f"127.0.0.1:{free_port()}"
+    env = {
+        "HALOWEAVE_SNAPSHOT_URL": (root / "store").as_uri(),
+        "HALOWEAVE_SNAPSHOT_LISTEN": address,
+        "HALOWEAVE_SNAPSHOT_METRICS_PORT": "0",
+        "HALOWEAVE_SNAPSHOT_MASTER_KEY": "11" * 32,
+    }
+    proc = Proc("snapshot", python_module("services.snapshot"), env, root / "snapshot.log")
+    try:
+        wait_until(lambda: grpc_serving(address), 60, "the snapshot service's health", proc)
+        yield address
+    finally:
+        proc.stop()
+
+
 class Chat:
     """The gateway's side of a chat turn, for tests: sessions, messages, jobs and the events they produce."""
 
