@@ -1,9 +1,10 @@
 """The Kubernetes manifests: every overlay rendered by kustomize (kubectl's built-in), every core resource validated
 strictly against the Kubernetes schema by kubernetes-validate, and the project's rules for workloads checked.
 
-Custom resources have no schema in kubernetes-validate: RayCluster (KubeRay) and ServiceMonitor (Prometheus operator)
-are listed as unchecked by it, with that reason. Their pod templates, which are most of a RayCluster, are validated
-strictly as core Pods, and the fields the operators need are checked here.
+Custom resources have no schema in kubernetes-validate: RayCluster (KubeRay), ServiceMonitor and PrometheusRule
+(Prometheus operator) are listed as unchecked by it, with that reason. The RayCluster's pod templates, which are most of
+it, are validated strictly as core Pods; the PrometheusRule must hold exactly the rule groups that promtool checks and
+unit-tests; the fields the operators need are checked here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import ray
 import yaml
 
-from tests.deploy.catalogue import ROOT
+from tests.deploy.catalogue import ALERTS, ROOT
 from tests.deploy.tools import require_tool, run
 
 K8S = ROOT / "deploy" / "k8s"
@@ -26,6 +27,7 @@ OVERLAYS = ("base", "dev", "gpu")
 CUSTOM_KINDS = {
     ("ray.io/v1", "RayCluster"): "KubeRay CRD: kubernetes-validate has no schema for it; pod templates checked as Pods",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus operator CRD: kubernetes-validate has no schema for it",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "Prometheus operator CRD: its rules are the ones promtool checks",
 }
 Doc = dict[str, Any]
 
@@ -231,3 +233,8 @@ def test_the_service_monitor_scrapes_every_service_metrics_port(rendered: dict[s
     # The same job names as the compose scrape config: alerts and dashboard work unchanged.
     for endpoint in spec["endpoints"]:
         assert endpoint["relabelings"][0]["replacement"] == "haloweave-$1"
+
+
+def test_the_prometheus_rule_holds_the_promtool_checked_alerts(rendered: dict[str, list[Doc]]) -> None:
+    (rule,) = find(rendered["gpu"], "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
