@@ -14,10 +14,11 @@ from numpy.typing import NDArray
 from services.tracker import pruning, scoring, segmentation
 from services.tracker.state import ROLE_CODES, Draft
 
-# A brightness event carries at most this many positions: the largest changes go first, the rest follow in later
-# steps (each entry's last sent score is remembered), so the client converges without unbounded events.
+# A brightness event carries at most this many positions. When more scores changed, half the slots go to the largest
+# changes and half to a window that rotates over the changed positions with the step, so every position is refreshed
+# at least every ceil(changed / half) steps: bounded events, bounded staleness, and no extra state to store.
 BRIGHTNESS_MAX_POSITIONS = 1024
-# Smaller differences than this between a score and what the client last saw are not worth an update.
+# Changes smaller than this are not worth an update.
 BRIGHTNESS_EPSILON = 1e-4
 SCORE_DECIMALS = 6
 
@@ -52,7 +53,6 @@ def append_tokens(draft: Draft, role: str, turn: int, ids: list[int], pieces: li
             "closes": np.asarray([segmentation.closes_sentence(p) for p in pieces]),
             "deleted": np.zeros(count),
             "score": np.full(count, initial),
-            "shown": np.full(count, initial),
         },
         pieces,
     )
@@ -144,28 +144,28 @@ def prune(draft: Draft) -> Pruned:
     return Pruned(all_positions, len(chosen))
 
 
-def brightness(draft: Draft, step: int) -> None:
-    """Emits the scores that changed since the client last saw them (bounded; largest changes first)."""
+def brightness(draft: Draft, previous: NDArray[np.float64], step: int) -> None:
+    """Emits the scores this step changed (`previous` holds the scores before it), bounded as described above."""
     state = draft.state
-    active = state.active_index()
-    scores, shown = state.arrays["score"], state.arrays["shown"]
-    diff = np.abs(scores[active] - shown[active])
-    changed = np.flatnonzero(diff > BRIGHTNESS_EPSILON)
+    count = len(previous)
+    scores = state.arrays["score"][:count]
+    live = state.arrays["deleted"][:count] == 0
+    changed = np.flatnonzero(live & (np.abs(scores - previous) > BRIGHTNESS_EPSILON))
     if changed.size == 0:
         return
     if changed.size > BRIGHTNESS_MAX_POSITIONS:
-        top = np.argpartition(diff[changed], -BRIGHTNESS_MAX_POSITIONS)[-BRIGHTNESS_MAX_POSITIONS:]
-        changed = np.sort(changed[top])
-    members = active[changed]
-    new_shown = shown.copy()
-    new_shown[members] = scores[members]
-    draft.set_array("shown", new_shown)
+        half = BRIGHTNESS_MAX_POSITIONS // 2
+        diff = np.abs(scores[changed] - previous[changed])
+        largest = np.argpartition(diff, -half)[-half:]
+        start = (step * half) % changed.size
+        window = (start + np.arange(half)) % changed.size
+        changed = changed[np.union1d(largest, window)]
     draft.emit(
         "brightness",
         {
             "step": step,
             "turn_id": state.meta.gen_turn,
-            "positions": state.arrays["pos"][members].tolist(),
-            "scores": np.round(scores[members], SCORE_DECIMALS).tolist(),
+            "positions": state.arrays["pos"][changed].tolist(),
+            "scores": np.round(scores[changed], SCORE_DECIMALS).tolist(),
         },
     )

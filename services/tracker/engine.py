@@ -245,13 +245,14 @@ class Engine:
             started = time.perf_counter()
             attention, event = reduce_frame(frame, state.arrays["pos"][state.active_index()])
             aggregation_seconds = time.perf_counter() - started
+            previous = state.arrays["score"]
             dictionary.score_step(draft, attention)
             if event is not None:
                 draft.emit("attention", {"step": frame.step, **event})
             position = meta.next_position
             piece = self.template.pieces([frame.token_id])
             dictionary.append_tokens(draft, "assistant", meta.gen_turn, [frame.token_id], piece, continues=True)
-            dictionary.brightness(draft, frame.step)
+            dictionary.brightness(draft, previous, frame.step)
             pruned = dictionary.prune(draft)
             meta.step += 1
             reprefill = bool(pruned.positions) and state.settings.prune_mode == "reprefill"
@@ -405,7 +406,6 @@ def restore_columns(tokens: list[ExportedToken], vocab_size: int) -> tuple[dict[
         "closes": np.asarray([segmentation.closes_sentence(t.token) for t in tokens]),
         "deleted": np.asarray([t.deleted for t in tokens]),
         "score": np.asarray(scores, dtype=np.float64),
-        "shown": np.asarray(scores, dtype=np.float64),
     }
     return columns, [t.token for t in tokens]
 

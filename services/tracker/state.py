@@ -23,7 +23,7 @@ from services.tracker.settings import Settings
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2}
 ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
 
-# Array name -> little-endian dtype. Written once per entry: pos..closes. Rewritten by steps: score, shown, deleted.
+# Array name -> little-endian dtype. Written once per entry: pos..closes. Rewritten by steps: score, deleted.
 ARRAYS: dict[str, str] = {
     "pos": "<i8",  # position: unique, increasing, never reused
     "tid": "<i4",  # token id
@@ -34,7 +34,6 @@ ARRAYS: dict[str, str] = {
     "closes": "u1",  # 1 when the piece ends its sentence
     "deleted": "u1",
     "score": "<f8",
-    "shown": "<f8",  # last score sent in a brightness event
 }
 APPEND_ONLY = ("pos", "tid", "turn", "sent", "gsent", "role", "closes")
 
@@ -60,8 +59,14 @@ class Meta:
     model: str = ""
     fingerprint: str = ""
 
-    def to_fields(self) -> dict[str, str]:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+    def to_fields(self, since: Meta | None = None) -> dict[str, str]:
+        """Every field, or only those that differ from `since` (a step changes few of them)."""
+        fields = {}
+        for name in _META_FIELDS:
+            value = getattr(self, name)
+            if since is None or value != getattr(since, name):
+                fields[name] = str(value)
+        return fields
 
     @classmethod
     def from_fields(cls, raw: dict[str, str]) -> Meta:
@@ -72,6 +77,9 @@ class Meta:
                 value = raw[name]
                 values[name] = int(value) if kind == "int" else float(value) if kind == "float" else value
         return cls(**values)
+
+
+_META_FIELDS = tuple(f.name for f in dataclasses.fields(Meta))
 
 
 def empty_arrays() -> dict[str, NDArray[Any]]:
@@ -103,6 +111,7 @@ class SessionState:
         return Draft(
             SessionState(self.session_id, dataclasses.replace(self.meta), self.settings, dict(self.arrays)),
             base_version=self.meta.version,
+            base_meta=self.meta,
         )
 
 
@@ -112,6 +121,7 @@ class Draft:
 
     state: SessionState
     base_version: int
+    base_meta: Meta | None = None  # what the stored hash holds: only differing fields are written
     appended: int = 0  # entries appended at the end of every array
     texts: list[str] = field(default_factory=list)
     rewritten: set[str] = field(default_factory=set)  # arrays written whole

@@ -117,7 +117,7 @@ class Store:
         """
         state = draft.state
         state.meta.version = draft.base_version + 1
-        fields = state.meta.to_fields()
+        fields = state.meta.to_fields(None if replace else draft.base_meta)
         if draft.settings_changed or draft.base_version == 0 or replace:
             fields["settings"] = state.settings.to_json()
         argv: list[Any] = [draft.base_version, events.MAX_EVENTS_PER_SESSION, len(fields)]
@@ -127,7 +127,7 @@ class Store:
             values = state.arrays[name]
             if replace or name in draft.rewritten:
                 argv.extend(("s", values.tobytes()))
-            elif draft.appended and name in (*APPEND_ONLY, "deleted", "score", "shown"):
+            elif draft.appended and name in (*APPEND_ONLY, "deleted", "score"):
                 argv.extend(("a", values[len(values) - draft.appended :].tobytes()))
             else:
                 argv.extend(("k", b""))
