@@ -33,10 +33,15 @@ class S3Backend(Backend):
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.endpoint = os.environ.get("HALOWEAVE_S3_ENDPOINT") or None
-        self.client = client or boto3.client(
+        # A session of our own: boto3's default session caches the first credentials it resolved for the process.
+        session = boto3.session.Session(
+            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            region_name=os.environ.get("AWS_REGION") or "us-east-1",
+        )
+        self.client = client or session.client(
             "s3",
             endpoint_url=self.endpoint,
-            region_name=os.environ.get("AWS_REGION") or "us-east-1",
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=16),
         )
         self.transfer = TransferConfig(
@@ -161,9 +166,18 @@ class S3Backend(Backend):
         keys = []
         for page in self._pages(Prefix=self._key(snapshot_id)):
             keys += [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        # Stores with real directories (SeaweedFS) keep listing an emptied folder until its directory entries go
+        # too, deepest first; on AWS these deletes of absent keys are no-ops.
+        root = self._key(snapshot_id)
+        folders = {root}
+        for item in keys:
+            inner = item["Key"][len(root) :].split("/")[:-1]  # e.g. ["past_key_values"]
+            folders |= {root + "/".join(inner[: n + 1]) + "/" for n in range(len(inner))}
         try:
             for start in range(0, len(keys), 1000):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000]})
+            for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+                self.client.delete_object(Bucket=self.bucket, Key=folder)
         except ClientError as error:
             raise self._error(error, f"deleting {snapshot_id}") from None
 
