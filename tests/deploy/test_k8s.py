@@ -187,6 +187,10 @@ def test_gpu_workers_request_gpus_and_dev_workers_do_not(rendered: dict[str, lis
         assert resources["requests"].get("nvidia.com/gpu") == gpus, overlay
         assert resources["limits"].get("nvidia.com/gpu") == gpus, overlay
         assert group["rayStartParams"].get("num-gpus") == gpus, overlay
+        # One inference actor per worker pod (the overlays patch this variable by its index in the list).
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+        actors = {item["name"]: item.get("value") for item in head["env"]}["HALOWEAVE_INFERENCE_WORKERS"]
+        assert actors == str(group["replicas"]), overlay
     gpu_worker = find(rendered["gpu"], "RayCluster")[0]["spec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert gpu_worker["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
 
