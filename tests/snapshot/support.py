@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 
+from devstack.procs import Proc, free_port, python_module, wait_until
+from services.common.grpc_server import CHANNEL_OPTIONS
 from services.snapshot.crypto import MasterKey
 from services.snapshot.store import SnapshotStore
 from services.snapshot.tensors import Header, Info
@@ -70,3 +77,105 @@ def assert_bit_exact(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) ->
 
 def new_master() -> MasterKey:
     return MasterKey(os.urandom(32))
+
+
+# -- the service as a real process -------------------------------------------------------------------------------
+
+
+class ServiceProcess:
+    """`python -m services.snapshot` on free ports, stopped by its own pid."""
+
+    def __init__(self, workdir: Path, url: str, master_key_hex: str, extra_env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.url = url
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        env = {
+            "HALOWEAVE_SNAPSHOT_URL": url,
+            "HALOWEAVE_SNAPSHOT_LISTEN": self.addr,
+            "HALOWEAVE_SNAPSHOT_METRICS_PORT": str(self.metrics_port),
+            "HALOWEAVE_SNAPSHOT_MASTER_KEY": master_key_hex,
+            **(extra_env or {}),
+        }
+        self.proc = Proc("snapshot", python_module("services.snapshot"), env, workdir / f"snapshot-{self.port}.log")
+
+    def wait_healthy(self, timeout: float = 30.0) -> ServiceProcess:
+        wait_until(lambda: health_serving(self.addr), timeout, f"snapshot service on {self.addr}", self.proc)
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def health_serving(addr: str) -> bool:
+    with grpc.insecure_channel(addr) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def header_pb(h: Header) -> snapshot_pb2.SnapshotHeader:
+    return snapshot_pb2.SnapshotHeader(
+        session_id=h.session_id,
+        model=h.model,
+        dtype=h.dtype,
+        cache_impl=h.cache_impl,
+        tokenizer_fingerprint=h.tokenizer_fingerprint,
+        num_layers=h.num_layers,
+        tracker_state=h.tracker_state,
+        obfuscation=h.obfuscation,
+    )
+
+
+def chunk_requests(
+    h: Header, cache: dict[str, np.ndarray], chunk_bytes: int = 1 << 20
+) -> Iterator[snapshot_pb2.SaveRequest]:
+    """A Save stream as a worker sends it: the header, then every tensor in chunks."""
+    yield snapshot_pb2.SaveRequest(header=header_pb(h))
+    for name, array in cache.items():
+        raw = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        for start in range(0, max(len(raw), 1), chunk_bytes):
+            first = start == 0
+            chunk = snapshot_pb2.TensorChunk(
+                name=name,
+                dtype=array.dtype.str if first else "",
+                shape=list(array.shape) if first else [],
+                data=bytes(raw[start : start + chunk_bytes]),
+                last=start + chunk_bytes >= len(raw),
+            )
+            yield snapshot_pb2.SaveRequest(chunk=chunk)
+
+
+def stub(addr: str) -> snapshot_pb2_grpc.SnapshotStub:
+    return snapshot_pb2_grpc.SnapshotStub(grpc.insecure_channel(addr, options=CHANNEL_OPTIONS))
+
+
+def load_request(snapshot_id: str, session_id: str = "s-owner", **kw: str) -> snapshot_pb2.LoadRequest:
+    fields = {"model": MODEL, "dtype": "float32", "tokenizer_fingerprint": FINGERPRINT, **kw}
+    return snapshot_pb2.LoadRequest(session_id=session_id, snapshot_id=snapshot_id, **fields)
+
+
+def receive(
+    responses: Iterator[snapshot_pb2.LoadResponse],
+) -> tuple[snapshot_pb2.SnapshotHeader, dict[str, np.ndarray], int]:
+    """Reassembles a Load stream; returns the header, the tensors and the largest chunk seen."""
+    head: snapshot_pb2.SnapshotHeader | None = None
+    parts: dict[str, list[bytes]] = {}
+    meta: dict[str, tuple[str, list[int]]] = {}
+    largest = 0
+    for response in responses:
+        if response.HasField("header"):
+            assert head is None, "two headers"
+            head = response.header
+            continue
+        assert head is not None, "a chunk before the header"
+        chunk = response.chunk
+        largest = max(largest, len(chunk.data))
+        if chunk.name not in parts:
+            meta[chunk.name] = (chunk.dtype, list(chunk.shape))
+            parts[chunk.name] = []
+        parts[chunk.name].append(chunk.data)
+    assert head is not None
+    arrays = {name: np.frombuffer(b"".join(p), dtype=meta[name][0]).reshape(meta[name][1]) for name, p in parts.items()}
+    return head, arrays, largest
