@@ -4,8 +4,9 @@ Registered under one name with both `AttentionInterface` (the computation) and `
 SDPA mask builder, so the model keeps building masks for it). Every Llama-, Qwen-, Mistral- and Gemma-style attention
 module calls it with keys and values *not* expanded over query heads: query head h reads KV head h // (H / KV).
 
-- Decode (one query): scores, one softmax, output. When capturing, that same softmax is the captured row, so capture
-  costs one small reduction per layer and no second pass.
+- Decode (one query): scores, one softmax, output. When capturing, that same softmax is the captured row: the sink
+  keeps a reference to it and reduces all layers at once after the forward, so capture adds no pass and no kernel
+  per layer.
 - Prefill (many queries): torch's fused SDPA, which never materialises the [q, ctx] map. When capturing, the last
   query is left out of the fused call and computed like a decode step, so only its row ever exists.
 
@@ -129,7 +130,9 @@ def attention_forward(
             mask = _allowed(q_len, kv_len, sliding_window, query.device)[None, None]
         out, probs = _rows(query, key, value, mask, scale, softcap)
         if sink is not None:
-            sink.add(_layer(module), probs[0, :, -1])
+            row = probs[0, :, -1]
+            # A view of a many-query map would keep the whole map alive in the sink: copy just the row.
+            sink.add(_layer(module), row if q_len == 1 else row.clone())
         return out.transpose(1, 2), None
 
     if sink is None:

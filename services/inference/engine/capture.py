@@ -26,7 +26,12 @@ def check_mode(mode: str | None) -> None:
 
 
 class CaptureSink:
-    """Receives one [heads, ctx] float32 row per layer for the newest query and keeps only the aggregate."""
+    """Receives one [heads, ctx] float32 row per layer for the newest query; aggregates them once, after the forward.
+
+    Adding a row launches no kernel: the sink keeps a reference to the softmax the attention already computed
+    (layers x heads x ctx floats in all, a few MB even for an 8B model at 8k). One stack and one reduction at the
+    end replace two small kernels per layer, which matters where decode is bound by kernel launches (GPUs).
+    """
 
     def __init__(self, mode: str, num_layers: int, num_heads: int, ctx: int, device: torch.device) -> None:
         check_mode(mode)
@@ -34,17 +39,12 @@ class CaptureSink:
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.ctx = ctx
-        self.layers_seen = 0
-        self._acc: torch.Tensor | None = None
-        self._full: torch.Tensor | None = None
-        if mode == "full":
-            self._full = torch.zeros(num_layers, num_heads, ctx, dtype=torch.float16, device=device)
-        elif mode == "max":
-            self._acc = torch.zeros(ctx, dtype=torch.float32, device=device)  # probabilities are >= 0
-        else:
-            self._acc = torch.zeros(ctx, dtype=torch.float32, device=device)
-        # weighted_layers: w_l = (l+1) / sum(1..L), folded with the 1/H of the head mean.
-        self._layer_weight = 2.0 / (num_layers * (num_layers + 1))
+        self.device = device
+        self._rows: list[torch.Tensor | None] = [None] * num_layers
+
+    @property
+    def layers_seen(self) -> int:
+        return sum(row is not None for row in self._rows)
 
     def add(self, layer: int, row: torch.Tensor) -> None:
         """`row` is [heads, ctx] float32: softmax probabilities of the newest query, per query head."""
@@ -52,31 +52,28 @@ class CaptureSink:
             raise RuntimeError(
                 f"capture expected [{self.num_heads}, {self.ctx}] at layer {layer}, got {tuple(row.shape)}"
             )
-        self.layers_seen += 1
-        if self._full is not None:
-            self._full[layer] = row.to(torch.float16)
-            return
-        assert self._acc is not None
+        self._rows[layer] = row
+
+    def aggregate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """On the device: (aggregated float32 [ctx], full float16 [layers, heads, ctx] or None)."""
+        rows = [row for row in self._rows if row is not None]
+        if len(rows) != self.num_layers:
+            raise RuntimeError(f"capture saw {len(rows)} of {self.num_layers} layers; the model bypassed it")
+        stacked = torch.stack(rows)  # [layers, heads, ctx]
+        if self.mode == "full":
+            # The vector view of `full` mode is the mean, so the tracker can score with it as well.
+            return stacked.mean(dim=(0, 1)), stacked.to(torch.float16)
         if self.mode == "mean":
-            self._acc += row.sum(dim=0)
-        elif self.mode == "max":
-            torch.maximum(self._acc, row.amax(dim=0), out=self._acc)
-        elif self.mode == "last_layer":
-            if layer == self.num_layers - 1:
-                self._acc = row.mean(dim=0)
-        else:  # weighted_layers
-            self._acc += row.mean(dim=0) * ((layer + 1) * self._layer_weight)
+            return stacked.mean(dim=(0, 1)), None
+        if self.mode == "max":
+            return stacked.amax(dim=(0, 1)), None
+        if self.mode == "last_layer":
+            return stacked[-1].mean(dim=0), None
+        # weighted_layers: layer l weighted by (l+1) / sum(1..L), after the mean over heads.
+        weights = torch.arange(1, self.num_layers + 1, dtype=torch.float32, device=stacked.device)
+        return (stacked.mean(dim=1) * (weights / weights.sum())[:, None]).sum(dim=0), None
 
     def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(aggregated float32 [ctx], full float16 [layers, heads, ctx] or None), copied to the host."""
-        if self.layers_seen != self.num_layers:
-            raise RuntimeError(f"capture saw {self.layers_seen} of {self.num_layers} layers; the model bypassed it")
-        if self._full is not None:
-            full = self._full.cpu().numpy()
-            # The vector view of `full` mode is the mean, so the tracker can score with it as well.
-            return full.astype(np.float32).mean(axis=(0, 1)), full
-        assert self._acc is not None
-        acc = self._acc
-        if self.mode == "mean":
-            acc = acc / (self.num_layers * self.num_heads)
-        return acc.cpu().numpy().astype(np.float32, copy=False), None
+        """The aggregate copied to the host: one small transfer per step."""
+        row, full = self.aggregate()
+        return row.cpu().numpy(), full.cpu().numpy() if full is not None else None

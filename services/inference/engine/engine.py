@@ -42,6 +42,7 @@ class Engine:
             torch.set_num_threads(config.threads)
         attention.register()
         path = Path(config.model_path)
+        injected = model is not None
         if model is None:
             if not (path / "config.json").exists():
                 raise EngineInputError(f"model_path: {path} holds no config.json (a transformers model directory)")
@@ -56,7 +57,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(path))
         text = model.config.get_text_config(decoder=True)
-        self.model_name = str(getattr(model.config, "_name_or_path", "") or path.name) or path.name
+        self.model_name = _model_name(model, None if injected else path)
         self.num_layers = int(text.num_hidden_layers)
         self.num_heads = int(text.num_attention_heads)
         self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
@@ -164,6 +165,14 @@ class Engine:
         for t in token_ids:
             if not 0 <= t < self.vocab_size:
                 raise EngineInputError(f"token id {t} is outside the vocabulary [0, {self.vocab_size})")
+
+
+def _model_name(model: PreTrainedModel, path: Path | None) -> str:
+    if path is not None and path.resolve() == model_store.default_model_path().resolve():
+        return model_store.DEFAULT_MODEL_NAME
+    if path is not None:
+        return path.name
+    return str(getattr(model.config, "_name_or_path", "") or "unnamed model")
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
