@@ -8,6 +8,7 @@ its save never completes.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,6 +39,9 @@ class SaveSession:
         self.chain = Chain.new(header.obfuscation)
         self._on_close = on_close
         self._closed = False
+        # add/finish run in worker threads; abort may come from another thread while one is writing (a cancelled
+        # stream). The lock makes abort wait for that write, so nothing is written after the folder is removed.
+        self._lock = threading.Lock()
         self.manifest = layout.Manifest(
             snapshot_id=snapshot_id,
             session_id=header.session_id,
@@ -57,6 +61,15 @@ class SaveSession:
 
     def add(self, name: str, dtype: str, shape: Sequence[int], data: bytearray) -> None:
         """Takes ownership of `data` (it may be transformed in place)."""
+        with self._lock:
+            self._check_open()
+            self._add(name, dtype, shape, data)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgument(f"save of {self.snapshot_id} is already closed")
+
+    def _add(self, name: str, dtype: str, shape: Sequence[int], data: bytearray) -> None:
         path = layout.tensor_file(name)
         layer = layout.layer_of(name)
         if layer is not None and layer[0] >= self.header.num_layers:
@@ -106,6 +119,11 @@ class SaveSession:
 
     def finish(self) -> Info:
         """Checks the snapshot is complete, writes the metadata, then the manifest: from here on it is visible."""
+        with self._lock:
+            self._check_open()
+            return self._finish()
+
+    def _finish(self) -> Info:
         missing = [n for n in layout.tensor_names(self.header.num_layers) if n not in self.manifest.tensors]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -160,9 +178,10 @@ class SaveSession:
 
     def abort(self) -> None:
         """Removes everything written so far: a failed or cancelled save leaves nothing behind."""
-        if not self._closed:
-            self.backend.delete(self.snapshot_id)
-            self._close()
+        with self._lock:
+            if not self._closed:
+                self.backend.delete(self.snapshot_id)
+                self._close()
 
     def _close(self) -> None:
         self._closed = True
