@@ -17,7 +17,7 @@ from services.tracker.state import ROLE_CODES, Draft
 # A brightness event carries at most this many positions. When more scores changed, half the slots go to the largest
 # changes and half to a window that rotates over the changed positions with the step, so every position is refreshed
 # at least every ceil(changed / half) steps: bounded events, bounded staleness, and no extra state to store.
-BRIGHTNESS_MAX_POSITIONS = 1024
+BRIGHTNESS_MAX_POSITIONS = 512
 # Changes smaller than this are not worth an update.
 BRIGHTNESS_EPSILON = 1e-4
 SCORE_DECIMALS = 6

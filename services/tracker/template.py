@@ -27,6 +27,7 @@ class Tokenised:
 class ChatTemplate:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._pieces: dict[int, str] = {}
         self.prefixes: dict[str, str] = {}
         self.suffixes: dict[str, str] = {}
         try:
@@ -74,7 +75,14 @@ class ChatTemplate:
 
     def pieces(self, ids: list[int]) -> list[str]:
         # Each id decoded alone: the text piece shown for that entry (a split multi-byte character shows as U+FFFD).
-        return [self.tokenizer.decode([i]) for i in ids]
+        # Cached per id: a generation step decodes one token, and the decoder call costs more than the rest of it.
+        out = []
+        for i in ids:
+            piece = self._pieces.get(i)
+            if piece is None:
+                piece = self._pieces[i] = self.tokenizer.decode([i])
+            out.append(piece)
+        return out
 
     def trailer(self, last_token_id: int | None) -> str:
         """What closes a generated reply: the assistant suffix, minus the end token if the model produced it."""

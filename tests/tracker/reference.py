@@ -77,3 +77,19 @@ def prune(tokens: list[Token], budget: int, protected_turns: set[int]) -> list[t
             t.deleted = True
         pruned.append(choice)
     return pruned
+
+
+def aggregate(tensor: list[list[list[float]]], mode: str) -> list[float]:
+    layers, heads, ctx = len(tensor), len(tensor[0]), len(tensor[0][0])
+    out = []
+    for i in range(ctx):
+        if mode in ("mean", "full"):
+            out.append(sum(tensor[k][h][i] for k in range(layers) for h in range(heads)) / (layers * heads))
+        elif mode == "max":
+            out.append(max(tensor[k][h][i] for k in range(layers) for h in range(heads)))
+        elif mode == "last_layer":
+            out.append(sum(tensor[layers - 1][h][i] for h in range(heads)) / heads)
+        else:  # weighted_layers
+            total = sum(k + 1 for k in range(layers))
+            out.append(sum((k + 1) / total * sum(tensor[k][h][i] for h in range(heads)) / heads for k in range(layers)))
+    return out

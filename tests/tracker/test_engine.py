@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.tracker.dictionary import BRIGHTNESS_MAX_POSITIONS
 from services.tracker.engine import Engine
 from services.tracker.frames import FrameInput
 from services.tracker.store import Store
@@ -247,3 +248,25 @@ async def test_a_new_replica_continues_positions_and_restore_never_rewinds(make_
     broken = list(reversed(exported))
     with pytest.raises(InvalidArgument, match="increasing"):
         await restarted.restore(sid, exported_state.settings, broken, 0)
+
+
+async def test_brightness_events_are_bounded_and_reach_every_position(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({"distance_mode": "none", "decay_rate": 0.0}, "")).session_id
+    await engine.append_message(sid, "user", "Word " * 1500)
+    opened = await engine.open(sid, "j")
+    n = len(opened.context.positions)
+    assert n > 1100
+    half = BRIGHTNESS_MAX_POSITIONS // 2
+    steps = -(-n // half) + 1
+    for step in range(steps):
+        await engine.frame(sid, "j", FrameInput(step, 5, vector(n + step, 0.01)))
+    batches = [e for e in await read_events(redis, sid) if e["type"] == "brightness"]
+    assert len(batches) == steps and all(len(b["positions"]) <= BRIGHTNESS_MAX_POSITIONS for b in batches)
+    seen = {p for b in batches for p in b["positions"]}
+    assert set(opened.context.positions) <= seen
+    final = await engine.session(sid)
+    last = batches[-1]
+    index = {int(p): i for i, p in enumerate(final.arrays["pos"])}
+    for position, score in zip(last["positions"], last["scores"], strict=True):
+        assert score == round(float(final.arrays["score"][index[position]]), 6)

@@ -181,3 +181,17 @@ async def _compare(engine: Engine, sid: str, ref: list[reference.Token]) -> None
         assert math.isfinite(got.attention_score) and got.attention_score >= 0
         if want.deleted:
             assert want.role != "system"
+
+
+@given(
+    st.sampled_from(["mean", "max", "last_layer", "weighted_layers", "full"]),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(1, 12),
+    st.data(),
+)
+def test_aggregation_matches_the_reference(mode: str, layers: int, heads: int, ctx: int, data: st.DataObject) -> None:
+    values = data.draw(st.lists(unit, min_size=layers * heads * ctx, max_size=layers * heads * ctx))
+    tensor = np.array(values, dtype="<f2").reshape(layers, heads, ctx)  # the wire format of `full` frames
+    nested = tensor.astype(np.float64).tolist()
+    assert np.allclose(scoring.aggregate(tensor, mode), reference.aggregate(nested, mode), rtol=1e-5, atol=1e-6)
