@@ -7,34 +7,35 @@ import contextlib
 import logging
 import signal
 
-from haloweave.inference.v1 import inference_pb2_grpc
-from prometheus_client import CollectorRegistry, start_http_server
-from redis.asyncio import Redis
-
 from services.common import logs
-from services.common.grpc_server import Server
 from services.inference.config import InferenceConfig
-from services.inference.driver import POLL_S, Driver
-from services.inference.server import InferenceServicer
 
 log = logging.getLogger("services.inference")
 SERVICE = "haloweave.inference.v1.Inference"
 
 
 async def serve(config: InferenceConfig) -> None:
+    # Imported here, after the settings are read: a missing setting fails at once, not after loading torch and Ray.
     import ray
     from grpc_health.v1 import health_pb2
+    from haloweave.inference.v1 import inference_pb2_grpc
+    from prometheus_client import CollectorRegistry, start_http_server
+    from redis.asyncio import Redis
 
-    ray.init(
-        num_cpus=config.ray_num_cpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    from services.common.grpc_server import Server
+    from services.inference.driver import POLL_S, Driver
+    from services.inference.server import InferenceServicer
+
+    if config.ray_address == "local":
+        # address="local" never joins a stray cluster; fractional actors share these CPUs.
+        ray.init(address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    else:
+        ray.init(address=config.ray_address, logging_level=logging.WARNING)
     driver = Driver(config)
     registry = CollectorRegistry()
     registry.register(driver.collector)
-    start_http_server(config.metrics_port, addr="127.0.0.1", registry=registry)
+    metrics_host = "127.0.0.1" if config.listen.startswith("127.") else "0.0.0.0"
+    start_http_server(config.metrics_port, addr=metrics_host, registry=registry)
     server = Server(config.listen)
     server.add(inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(driver), SERVICE)
     await server.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,8 @@ class WorkerActor:
         except Exception as error:
             log.exception("worker stopped")
             self.error = f"worker stopped: {error}"
+            # Let Ray restart the actor: a fresh incarnation reconnects and resumes its pending jobs.
+            os._exit(1)
         finally:
             await worker.close()
 

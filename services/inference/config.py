@@ -28,6 +28,8 @@ class InferenceConfig:
     worker_prefix: str = ""
     # A job pending this long on a consumer that no longer refreshes it belongs to a dead worker and is reclaimed.
     claim_idle_ms: int = 15_000
+    # Ray's own RAY_ADDRESS joins an existing cluster (Kubernetes, compose); unset, a private local Ray is started.
+    ray_address: str = "local"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -39,15 +41,19 @@ class InferenceConfig:
 
     @classmethod
     def from_env(cls) -> InferenceConfig:
+        # Peers first: a missing one fails before anything slow (such as importing torch) happens.
+        redis_url = config.require("HALOWEAVE_REDIS_URL")
+        tracker_addr = config.require("HALOWEAVE_TRACKER_ADDR")
+        snapshot_addr = config.require("HALOWEAVE_SNAPSHOT_ADDR")
         device = config.get("HALOWEAVE_DEVICE", "")
         if not device:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(
-            redis_url=config.require("HALOWEAVE_REDIS_URL"),
-            tracker_addr=config.require("HALOWEAVE_TRACKER_ADDR"),
-            snapshot_addr=config.require("HALOWEAVE_SNAPSHOT_ADDR"),
+            redis_url=redis_url,
+            tracker_addr=tracker_addr,
+            snapshot_addr=snapshot_addr,
             listen=config.get("HALOWEAVE_INFERENCE_LISTEN", "127.0.0.1:50053"),
             metrics_port=config.get_int("HALOWEAVE_INFERENCE_METRICS_PORT", 9103),
             workers=config.get_int("HALOWEAVE_INFERENCE_WORKERS", 1),
@@ -58,4 +64,5 @@ class InferenceConfig:
             model_path=str(model_store.model_path()),
             worker_prefix=config.get("HALOWEAVE_WORKER_PREFIX", socket.gethostname()),
             claim_idle_ms=config.get_int("HALOWEAVE_CLAIM_IDLE_MS", 15_000),
+            ray_address=config.get("RAY_ADDRESS", "local"),
         )

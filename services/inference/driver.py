@@ -83,7 +83,8 @@ class Driver:
         for worker_id, info in answers:
             if info is not None and info.get("error"):
                 log.error("%s: %s", worker_id, info["error"])
-            snap = info["stats"] if info is not None and info["stats"]["ready"] else None
+            serving = info is not None and info["stats"]["ready"] and not info.get("error")
+            snap = info["stats"] if serving and info is not None else None
             self.collector.update(worker_id, snap)
             if info is not None:
                 self._info[worker_id] = info

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import HaloWeaveError, NotFound
 from services.inference.affinity import Affinity
@@ -73,9 +76,20 @@ class Worker:
         beat = asyncio.create_task(self._heartbeat(stop))
         try:
             while not stop.is_set():
-                job = await self.queue.next(block_ms=500)
-                if job is not None:
-                    await self.handle(job)
+                try:
+                    job = await self.queue.next(block_ms=500)
+                    if job is not None:
+                        await self.handle(job)
+                except ResponseError as error:
+                    if "NOGROUP" not in str(error):
+                        raise
+                    # Redis lost the group (restarted without persistence, or flushed): make it again and go on.
+                    log.warning("%s: job group missing; recreating it", self.worker_id)
+                    await self.queue.ensure_groups()
+                except (RedisConnectionError, RedisTimeoutError) as error:
+                    # A pending job stays pending in Redis and is picked up again once it is back.
+                    log.warning("%s: Redis unavailable (%s); retrying", self.worker_id, error)
+                    await asyncio.sleep(1.0)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
