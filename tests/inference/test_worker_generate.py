@@ -123,3 +123,24 @@ async def test_a_directive_for_positions_not_in_the_cache_is_refused_and_changes
     with pytest.raises(InvalidArgument, match="prune directive"):
         await reply._apply(cache, tracker_pb2.Directive(position=3, evict_positions=[1, 99]))
     assert cache.positions == [0, 1, 2]
+
+
+async def test_a_cancel_mid_reply_finishes_it_as_cancelled(chat: Chat, start_worker) -> None:
+    await start_worker()
+    session = await chat.session(max_new_tokens=200)
+    await chat.say(session, "Write a long poem about the sea.")
+    job_id = await chat.enqueue(session)
+    await chat.wait_for(session, lambda fs: any(f["type"] == "brightness" for f in fs))
+    await chat.tracker.Cancel(tracker_pb2.SessionRef(session_id=session))
+    assert await chat.job_done(job_id) == "cancelled"
+    done = [f for f in await chat.events(session) if f["type"] == "done"]
+    assert len(done) == 1 and done[0]["stats"]["reason"] == "cancelled"
+    assert done[0]["stats"]["tokens"] < 200
+
+
+async def test_a_stop_string_ends_the_reply(chat: Chat, start_worker) -> None:
+    await start_worker()
+    session = await chat.session(max_new_tokens=40, stop=[" "])  # any second word stops it
+    frames = await chat.turn(session, "Describe Paris in one sentence.")
+    assert frames[-1]["type"] == "done" and frames[-1]["stats"]["reason"] == "stop"
+    assert frames[-1]["stats"]["tokens"] < 40
