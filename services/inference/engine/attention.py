@@ -75,12 +75,14 @@ def _rows(
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
     grouped = query.reshape(b, kv_heads, group * q_len, d)
-    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling  # [b, KV, group*q, T]
+    # The same arithmetic as transformers' eager attention (scores in the model's dtype, softmax in float32), in as
+    # few kernels as possible: where decode is bound by kernel launches, each one per layer shows.
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling  # [b, KV, group*q, T]
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
         scores = _apply_mask(scores.view(b, kv_heads, group, q_len, kv_len), mask[:, :, None]).view_as(scores)
-    probs = torch.softmax(scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     out = torch.matmul(probs.to(value.dtype), value)  # [b, KV, group*q, d]
     return out.view(b, heads, q_len, d), probs.view(b, heads, q_len, kv_len)
 
