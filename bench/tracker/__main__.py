@@ -22,6 +22,7 @@ from bench.tracker import aggregation, remote, steps
 from bench.tracker.stats import summary
 from devstack.procs import free_port, start_redis
 from services.common import model_store
+from services.tracker import scoring
 from services.tracker.engine import Engine
 from services.tracker.store import Store
 from services.tracker.template import ChatTemplate
@@ -77,6 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (about a minute)")
     args = parser.parse_args()
+    scoring.single_threaded()  # as the tracker process does at start-up
     repeats, per_repeat, rounds = (2, 40, 300) if args.quick else (3, 120, 2000)
     contexts = [1024, 8192, 32768]
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp:

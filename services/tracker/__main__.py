@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from services.common import logs, model_store
 from services.common.grpc_server import Server
 from services.tracker.config import TrackerConfig
+from services.tracker import scoring
 from services.tracker.engine import Engine
 from services.tracker.servicer import TrackerServicer
 from services.tracker.store import Store
@@ -32,6 +33,7 @@ def load_template(cfg: TrackerConfig) -> ChatTemplate:
 
 async def serve(cfg: TrackerConfig) -> None:
     template = load_template(cfg)
+    scoring.single_threaded()
     redis = Redis.from_url(cfg.redis_url)
     await redis.ping()  # fail at start-up, not on the first request
     engine = Engine(Store(redis), template, cfg.model_path.name, model_store.tokenizer_fingerprint(cfg.model_path))

@@ -30,6 +30,27 @@ def to_float32(tensor: NDArray[np.floating]) -> NDArray[np.float32]:
         return torch.from_numpy(tensor).float().numpy()  # type: ignore[no-any-return]
 
 
+def single_threaded() -> None:
+    """One compute thread for torch: the tracker's tensors are small, and a thread pool on a shared machine costs
+    more than it saves (about 2x slower aggregation measured with two threads on two busy cores)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - see to_float32
+        return
+    torch.set_num_threads(1)
+
+
+def _torch_mean(rows: NDArray[np.float16]) -> NDArray[np.float32] | None:
+    """Column means of fp16 rows accumulated in float32, in one pass (no fp32 copy of the tensor)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - see to_float32
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(rows).float().mean(dim=0).numpy()  # type: ignore[no-any-return]
+
+
 def aggregate(tensor: NDArray[np.floating], mode: str) -> NDArray[np.float32]:
     """Reduces an attention tensor [layers, heads, ctx] to one value per context position, in float32.
 
@@ -38,6 +59,10 @@ def aggregate(tensor: NDArray[np.floating], mode: str) -> NDArray[np.float32]:
     if tensor.ndim != 3 or 0 in tensor.shape:
         raise InvalidArgument(f"attention tensor must be [layers, heads, ctx] and non-empty, got shape {tensor.shape}")
     layers, heads, ctx = tensor.shape
+    if mode in ("mean", "full") and tensor.dtype == np.float16:
+        fast = _torch_mean(tensor.reshape(layers * heads, ctx))
+        if fast is not None:
+            return fast
     x = to_float32(tensor)
     if mode in ("mean", "full"):
         # A matrix-vector product with equal weights: the BLAS path is faster than ndarray.mean over two axes.

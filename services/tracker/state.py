@@ -92,13 +92,18 @@ class SessionState:
     meta: Meta
     settings: Settings
     arrays: dict[str, NDArray[Any]] = field(default_factory=empty_arrays)
+    _active: tuple[NDArray[Any], NDArray[np.intp]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
         return int(self.arrays["pos"].shape[0])
 
     def active_index(self) -> NDArray[np.intp]:
-        return np.flatnonzero(self.arrays["deleted"] == 0)
+        # Arrays are replaced, never written in place, so the deletion array's identity keys the memo.
+        deleted = self.arrays["deleted"]
+        if self._active is None or self._active[0] is not deleted:
+            self._active = (deleted, np.flatnonzero(deleted == 0))
+        return self._active[1]
 
     def active_count(self) -> int:
         return int(self.size - np.count_nonzero(self.arrays["deleted"]))

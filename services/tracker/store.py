@@ -27,8 +27,9 @@ from services.tracker.state import APPEND_ONLY, ARRAYS, Draft, Meta, SessionStat
 CONFLICT = -1
 
 # KEYS: meta, events, event_seq, text, then one key per array (ARRAYS order).
-# ARGV: expected version, events maxlen, n meta pairs, pairs..., per array (mode, blob), text mode, n texts, texts...,
-#       then (type, data) event pairs. Modes: k keep, a append, s set. Returns the last event id, or -1 on conflict.
+# ARGV: expected version, events maxlen, n meta pairs, pairs..., n array writes, (array index, mode, blob)...,
+#       text mode, n texts, texts..., then (type, data) event pairs. Modes: a append, s set; text mode a or s (replace).
+# Returns the last event id, or -1 when the stored version is not the expected one (nothing is written then).
 COMMIT_LUA = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then return -1 end
@@ -37,11 +38,11 @@ local pairs_n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, pairs_n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
 end
-for k = 5, #KEYS do
-  local mode = ARGV[i]
-  if mode == 's' then redis.call('SET', KEYS[k], ARGV[i + 1])
-  elseif mode == 'a' then redis.call('APPEND', KEYS[k], ARGV[i + 1]) end
-  i = i + 2
+local writes = tonumber(ARGV[i]); i = i + 1
+for _ = 1, writes do
+  local key = KEYS[4 + tonumber(ARGV[i])]
+  if ARGV[i + 1] == 's' then redis.call('SET', key, ARGV[i + 2]) else redis.call('APPEND', key, ARGV[i + 2]) end
+  i = i + 3
 end
 local text_mode = ARGV[i]; local texts = tonumber(ARGV[i + 1]); i = i + 2
 if text_mode == 's' then redis.call('DEL', KEYS[4]) end
@@ -123,14 +124,15 @@ class Store:
         argv: list[Any] = [draft.base_version, events.MAX_EVENTS_PER_SESSION, len(fields)]
         for name, value in fields.items():
             argv.extend((name, value))
-        for name in ARRAYS:
+        writes: list[Any] = []
+        for index, name in enumerate(ARRAYS, start=1):
             values = state.arrays[name]
             if replace or name in draft.rewritten:
-                argv.extend(("s", values.tobytes()))
+                writes.extend((index, "s", values.tobytes()))
             elif draft.appended and name in (*APPEND_ONLY, "deleted", "score"):
-                argv.extend(("a", values[len(values) - draft.appended :].tobytes()))
-            else:
-                argv.extend(("k", b""))
+                writes.extend((index, "a", values[len(values) - draft.appended :].tobytes()))
+        argv.append(len(writes) // 3)
+        argv.extend(writes)
         argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
         for event_type, data in draft.events:
             argv.extend(events.encode(event_type, data))
