@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from services.common import logs, model_store
 from services.common.grpc_server import Server
-from services.tracker.config import TrackerConfig
 from services.tracker import scoring
+from services.tracker.config import TrackerConfig
 from services.tracker.engine import Engine
 from services.tracker.servicer import TrackerServicer
 from services.tracker.store import Store
