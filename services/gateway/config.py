@@ -21,8 +21,9 @@ class GatewayConfig:
     hard_frame_bytes: int = 1024 * 1024
     # No frame in either direction for this long closes the connection (`idle_timeout`).
     idle_timeout_s: float = 600.0
-    # Frames waiting for one slow socket; past this the client is closed with `slow_consumer`.
+    # Frames waiting for one socket; when it stays full for `slow_client_s` the client is closed (`slow_consumer`).
     send_buffer_frames: int = 4096
+    slow_client_s: float = 5.0
     # How long REST snapshot take/restore waits for the worker's answer event.
     job_timeout_s: float = 120.0
     # A bound on every unary call to the tracker or the snapshot service.
@@ -34,7 +35,7 @@ class GatewayConfig:
         for name in ("max_frame_bytes", "hard_frame_bytes", "send_buffer_frames", "max_message_chars"):
             if getattr(self, name) <= 0:
                 raise config.ConfigError(f"gateway {name} must be positive")
-        for name in ("idle_timeout_s", "job_timeout_s", "rpc_timeout_s"):
+        for name in ("idle_timeout_s", "job_timeout_s", "rpc_timeout_s", "slow_client_s"):
             if getattr(self, name) <= 0:
                 raise config.ConfigError(f"gateway {name} must be positive")
         if self.hard_frame_bytes < self.max_frame_bytes:
@@ -53,6 +54,7 @@ class GatewayConfig:
             hard_frame_bytes=config.get_int("HALOWEAVE_GATEWAY_HARD_FRAME_BYTES", 1024 * 1024),
             idle_timeout_s=config.get_float("HALOWEAVE_GATEWAY_IDLE_TIMEOUT_S", 600.0),
             send_buffer_frames=config.get_int("HALOWEAVE_GATEWAY_SEND_BUFFER", 4096),
+            slow_client_s=config.get_float("HALOWEAVE_GATEWAY_SLOW_CLIENT_S", 5.0),
             job_timeout_s=config.get_float("HALOWEAVE_GATEWAY_JOB_TIMEOUT_S", 120.0),
             rpc_timeout_s=config.get_float("HALOWEAVE_GATEWAY_RPC_TIMEOUT_S", 10.0),
             max_message_chars=config.get_int("HALOWEAVE_GATEWAY_MAX_MESSAGE_CHARS", 16_000),

@@ -216,7 +216,9 @@ class Connection:
             },
         }
         self._post(session)
-        reader = StreamReader(redis, session_id, start, self.id, self.outbox, self._observe)
+        reader = StreamReader(
+            redis, session_id, start, self.id, self.outbox, self._observe, self.deps.config.slow_client_s
+        )
         self._reader = asyncio.create_task(self._run_reader(reader))
 
     async def _user_message(self, session_id: str, text: str) -> None:

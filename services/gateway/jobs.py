@@ -54,7 +54,7 @@ async def wait_for_job(
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unavailable(f"no answer to job {job_id} within {timeout:.0f} s (is a worker running?)")
-        block_ms = max(1, int(min(left, 5.0) * 1000))
+        block_ms = max(1, int(min(left, 2.0) * 1000))  # under the client socket timeout
         reply: Any = await redis.xread({stream: cursor}, count=100, block=block_ms)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:

@@ -1,9 +1,9 @@
 """Relaying one session's event Stream to one connection: XREAD from the last delivered id into a bounded outbox.
 
 Stream entry ids are `<event_id>-0`, so reading after the client's `last_event_id` replays exactly what it missed and
-then follows live events, in order, each once. The outbox is bounded: when a client stops reading, the reader does not
-buffer without limit; it reports an overflow and the connection is closed (`slow_consumer`). Generation never waits on
-any client, since writers append to Redis and each connection has its own reader.
+then follows live events, in order, each once. The outbox is bounded: when a client stops reading and the outbox stays
+full for `stall_timeout`, the reader reports an overflow and the connection is closed (`slow_consumer`). Generation
+never waits on any client, since writers append to Redis and each connection has its own reader.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 from services.common import events, keys
 
 READ_COUNT = 256
-READ_BLOCK_MS = 15_000
+# Below the Redis client's socket timeout (5 s by default), so a quiet session never looks like a dead server.
+READ_BLOCK_MS = 2_000
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class StreamReader:
         connection_id: str,
         outbox: asyncio.Queue[Outgoing],
         on_event: Callable[[dict[str, Any]], None],
+        stall_timeout: float,
     ) -> None:
         self.redis = redis
         self.stream = keys.events_stream(session_id)
@@ -60,11 +62,18 @@ class StreamReader:
         self.connection_id = connection_id
         self.outbox = outbox
         self.on_event = on_event
+        self.stall_timeout = stall_timeout
 
     async def run(self) -> None:
         """Runs until cancelled; raises `Overflow` when the outbox is full."""
         while True:
-            reply: Any = await self.redis.xread({self.stream: self.cursor}, count=READ_COUNT, block=READ_BLOCK_MS)
+            count = min(READ_COUNT, self.outbox.maxsize)
+            reply: Any = await self.redis.xread({self.stream: self.cursor}, count=count, block=READ_BLOCK_MS)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # The Redis client can absorb a cancellation that lands inside a blocking read; honour it here, or
+                # a connection that is closing would go on reading and end up reported as a slow consumer.
+                raise asyncio.CancelledError
             read_at = time.monotonic()
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
@@ -75,10 +84,23 @@ class StreamReader:
                         continue
                     if owner is None:
                         self.on_event(frame)
-                    try:
-                        self.outbox.put_nowait(Outgoing(encode(frame), frame["type"], read_at))
-                    except asyncio.QueueFull:
-                        raise Overflow(f"more than {self.outbox.maxsize} frames waiting for this client") from None
+                    await self._put(Outgoing(encode(frame), frame["type"], read_at))
+
+    async def _put(self, item: Outgoing) -> None:
+        try:
+            self.outbox.put_nowait(item)
+        except asyncio.QueueFull:
+            # A burst may fill the outbox of a healthy client for a moment; only one that makes no room for a while
+            # is slow. Waiting here holds back only this connection's reader.
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation of a closing
+            # connection and report a stall instead.
+            try:
+                async with asyncio.timeout(self.stall_timeout):
+                    await self.outbox.put(item)
+            except TimeoutError:
+                raise Overflow(
+                    f"{self.outbox.maxsize} frames waited for this client for more than {self.stall_timeout:g} s"
+                ) from None
 
 
 async def oldest_event_id(redis: Redis, session_id: str) -> int | None:

@@ -74,7 +74,9 @@ def start_gateway(redis_url: str, tracker: str, workdir: Path, **limits: str) ->
 
 @pytest.fixture(scope="module")
 def gateway(gateway_redis_url: str, tracker_addr: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = start_gateway(gateway_redis_url, tracker_addr, tmp_path_factory.mktemp("gateway"), send_buffer="64")
+    gw = start_gateway(
+        gateway_redis_url, tracker_addr, tmp_path_factory.mktemp("gateway"), send_buffer="64", slow_client_s="1"
+    )
     try:
         yield gw
     finally:

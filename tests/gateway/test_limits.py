@@ -1,0 +1,128 @@
+"""Backpressure, idle timeout and frame caps, against a real gateway + tracker + Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from websockets.exceptions import ConnectionClosed
+
+from services.common import events
+from tests.gateway.conftest import Client, Gateway, open_client, start_gateway
+
+BIG = "x" * 16_000  # a fat event payload, so a stalled socket fills quickly
+FLOOD = 600  # ~10 MB: well past the kernel's send buffer plus the gateway's outbox of 64 frames
+
+
+def small_receive_socket(url: str) -> socket.socket:
+    """A client socket with a small fixed receive buffer (which also turns off receive autotuning)."""
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+async def error_count(gateway: Gateway, code: str) -> float:
+    async with httpx.AsyncClient() as api:
+        text = (await api.get(f"{gateway.url}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(f'haloweave_gateway_errors_total{{code="{code}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_slow_consumer_is_closed_while_another_client_receives_everything(gateway: Gateway) -> None:
+    redis = Redis.from_url(gateway.redis_url)
+    async with open_client(gateway.ws_url) as ws:
+        session = await Client(ws).hello()
+    sid, token, start = session["session_id"], session["token"], session["last_event_id"]
+    slow_ws = await open_client(
+        gateway.ws_url, sock=small_receive_socket(gateway.ws_url), max_queue=2, max_size=None
+    ).__aenter__()
+    try:
+        slow, before = Client(slow_ws), await error_count(gateway, "slow_consumer")
+        await slow.hello(session_id=sid, token=token, last_event_id=start)  # ...and then it stops reading
+        async with open_client(gateway.ws_url, max_size=None) as fast_ws:
+            fast = Client(fast_ws)
+            await fast.hello(session_id=sid, token=token, last_event_id=start)
+            for i in range(0, FLOOD, 50):
+                batch = [("attention", {"step": j, "data": BIG}) for j in range(i, i + 50)]
+                last = await events.append_events(redis, sid, batch)
+            got = await fast.until_event(last)
+            # The reader of a healthy client waits for room in its outbox: nothing lost, nothing twice, in order.
+            assert [f["event_id"] for f in got] == list(range(start + 1, last + 1))
+            assert [f["step"] for f in got] == list(range(FLOOD))
+
+            deadline = asyncio.get_running_loop().time() + 30
+            while await error_count(gateway, "slow_consumer") <= before:
+                assert asyncio.get_running_loop().time() < deadline, "the stalled client was never closed"
+                await asyncio.sleep(0.05)
+
+            # The stalled client reads what reached it, then a clear error, then the close; what it saw is a gap-free
+            # prefix, so a resume with its last id loses nothing.
+            seen: list[dict[str, Any]] = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    seen.append(json.loads(await asyncio.wait_for(slow_ws.recv(), 15)))
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+            assert seen[-1]["type"] == "error" and seen[-1]["code"] == "slow_consumer"
+            relayed = [f["event_id"] for f in seen[:-1]]
+            assert relayed == list(range(start + 1, start + 1 + len(relayed)))
+            assert len(relayed) < FLOOD
+
+            # The other client was never disturbed, and never saw the slow one's error.
+            fresh = await events.append_event(redis, sid, "brightness", {"step": 0, "positions": [1], "scores": [1.0]})
+            frame = await fast.recv()
+            assert frame["event_id"] == fresh and frame["type"] == "brightness"
+
+        async with open_client(gateway.ws_url, max_size=None) as again:
+            resumed = Client(again)
+            await resumed.hello(session_id=sid, token=token, last_event_id=relayed[-1])
+            rest = await resumed.until_event(fresh)
+            assert next(f["event_id"] for f in rest if f["type"] != "error") == relayed[-1] + 1
+            assert "slow_consumer" not in {f.get("code") for f in rest}  # addressed to the closed connection
+    finally:
+        await slow_ws.close()
+        await redis.aclose()
+
+
+@pytest.fixture(scope="module")
+def idle_gateway(
+    gateway_redis_url: str, tracker_addr: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    gw = start_gateway(gateway_redis_url, tracker_addr, tmp_path_factory.mktemp("idle"), idle_timeout_s="1")
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
+async def test_idle_connections_are_closed_with_a_clear_error(idle_gateway: Gateway) -> None:
+    async with open_client(idle_gateway.ws_url) as ws:  # never says hello
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert (frame["type"], frame["code"], frame["event_id"]) == ("error", "idle_timeout", 0)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408
+
+    async with open_client(idle_gateway.ws_url) as ws:  # with a session, then silence
+        client = Client(ws)
+        session = await client.hello()
+        frames = await client.until("error")
+        error = frames[0]
+        assert error["code"] == "idle_timeout" and error["event_id"] > session["last_event_id"]
+
+
+async def test_frames_over_the_hard_cap_close_the_socket(gateway: Gateway) -> None:
+    async with open_client(gateway.ws_url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "user_message", "text": "y" * (1024 * 1024 + 10)}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
