@@ -9,7 +9,9 @@ Under `hw:s:{<sid>}` (services.common.keys.session_prefix):
 
 A change is written by one Lua script (EVALSHA) that first checks the meta `version` it was computed from: a replica
 with a stale cache gets CONFLICT, reloads and recomputes, so two replicas can serve one session and a crash can never
-leave half a step. Arrays are either appended to (fields written once) or rewritten whole (scores, deletion flags).
+leave half a step. Arrays are either appended to (fields written once) or rewritten whole (scores, deletion flags);
+a large rewrite is SET on a staging key in the same MULTI/EXEC and renamed into place by the script (or dropped on
+conflict).
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ from services.tracker.settings import Settings
 from services.tracker.state import APPEND_ONLY, ARRAYS, Draft, Meta, SessionState
 
 CONFLICT = -1
+# Script arguments are copied into and out of Lua: a large rewritten array (the scores, every step) is cheaper as a
+# plain SET of a staging key that the script renames into place (measured: about half the time for 64 KiB).
+STAGE_BYTES = 16 * 1024
 
-# KEYS: meta, events, event_seq, text, then one key per array (ARRAYS order).
+# KEYS: meta, events, event_seq, text, one key per array (ARRAYS order), then one staging key per array.
 # ARGV: expected version, events maxlen, n meta pairs, pairs..., n array writes, (array index, mode, blob)...,
-#       text mode, n texts, texts..., then (type, data) event pairs. Modes: a append, s set; text mode a or s (replace).
-# Returns the last event id, or -1 when the stored version is not the expected one (nothing is written then).
+#       text mode, n texts, texts..., then (type, data) event pairs. Modes: a append, s set, r rename the array's
+#       staging key (written by a plain SET in the same MULTI) over it; text mode a or s (replace).
+# Returns the last event id, or -1 when the stored version is not the expected one (nothing is kept then).
 COMMIT_LUA = """
+local arrays = (#KEYS - 4) / 2
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if current ~= tonumber(ARGV[1]) then return -1 end
+if current ~= tonumber(ARGV[1]) then
+  for k = 5 + arrays, #KEYS do redis.call('DEL', KEYS[k]) end
+  return -1
+end
 local i = 3
 local pairs_n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, pairs_n do
@@ -40,8 +50,11 @@ for _ = 1, pairs_n do
 end
 local writes = tonumber(ARGV[i]); i = i + 1
 for _ = 1, writes do
-  local key = KEYS[4 + tonumber(ARGV[i])]
-  if ARGV[i + 1] == 's' then redis.call('SET', key, ARGV[i + 2]) else redis.call('APPEND', key, ARGV[i + 2]) end
+  local index = tonumber(ARGV[i])
+  local key, mode = KEYS[4 + index], ARGV[i + 1]
+  if mode == 's' then redis.call('SET', key, ARGV[i + 2])
+  elseif mode == 'r' then redis.call('RENAME', KEYS[4 + arrays + index], key)
+  else redis.call('APPEND', key, ARGV[i + 2]) end
   i = i + 3
 end
 local text_mode = ARGV[i]; local texts = tonumber(ARGV[i + 1]); i = i + 2
@@ -74,6 +87,10 @@ def text_key(session_id: str) -> str:
     return f"{keys.session_prefix(session_id)}:text"
 
 
+def stage_key(session_id: str, name: str) -> str:
+    return f"{keys.session_prefix(session_id)}:stage:{name}"
+
+
 def _all_keys(session_id: str) -> list[str]:
     return [
         meta_key(session_id),
@@ -81,6 +98,7 @@ def _all_keys(session_id: str) -> list[str]:
         keys.events_counter(session_id),
         text_key(session_id),
         *(array_key(session_id, name) for name in ARRAYS),
+        *(stage_key(session_id, name) for name in ARRAYS),
     ]
 
 
@@ -125,10 +143,16 @@ class Store:
         for name, value in fields.items():
             argv.extend((name, value))
         writes: list[Any] = []
+        staged: list[tuple[str, bytes]] = []
         for index, name in enumerate(ARRAYS, start=1):
             values = state.arrays[name]
             if replace or name in draft.rewritten:
-                writes.extend((index, "s", values.tobytes()))
+                blob = values.tobytes()
+                if len(blob) >= STAGE_BYTES:
+                    staged.append((stage_key(state.session_id, name), blob))
+                    writes.extend((index, "r", b""))
+                else:
+                    writes.extend((index, "s", blob))
             elif draft.appended and name in (*APPEND_ONLY, "deleted", "score"):
                 writes.extend((index, "a", values[len(values) - draft.appended :].tobytes()))
         argv.append(len(writes) // 3)
@@ -136,7 +160,15 @@ class Store:
         argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
         for event_type, data in draft.events:
             argv.extend(events.encode(event_type, data))
-        result = int(await self._commit(keys=_all_keys(state.session_id), args=argv))
+        if staged:
+            # MULTI/EXEC: the staged SETs and the script run together or not at all.
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for key, blob in staged:
+                    pipe.set(key, blob)
+                await self._commit(keys=_all_keys(state.session_id), args=argv, client=pipe)
+                result = int((await pipe.execute())[-1])
+        else:
+            result = int(await self._commit(keys=_all_keys(state.session_id), args=argv))
         if result == CONFLICT:
             state.meta.version = draft.base_version
             return None

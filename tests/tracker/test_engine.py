@@ -12,7 +12,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.tracker.dictionary import BRIGHTNESS_MAX_POSITIONS
 from services.tracker.engine import Engine
 from services.tracker.frames import FrameInput
-from services.tracker.store import Store
+from services.tracker.store import STAGE_BYTES, Store, stage_key
 
 from .conftest import EngineFactory, read_events
 
@@ -270,3 +270,20 @@ async def test_brightness_events_are_bounded_and_reach_every_position(make_engin
     index = {int(p): i for i, p in enumerate(final.arrays["pos"])}
     for position, score in zip(last["positions"], last["scores"], strict=True):
         assert score == round(float(final.arrays["score"][index[position]]), 6)
+
+
+async def test_large_rewrites_are_staged_and_dropped_on_conflict(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "")).session_id
+    await engine.append_message(sid, "user", "Word " * 2500)
+    state = await engine.session(sid)
+    assert state.size * 8 >= STAGE_BYTES  # the score array goes through a staging key
+    draft_a, draft_b = state.draft(), state.draft()
+    draft_a.set_array("score", np.full(state.size, 1.5))
+    draft_b.set_array("score", np.full(state.size, 2.5))
+    store = Store(redis)
+    assert await store.commit(draft_a) is not None
+    assert await store.commit(draft_b) is None
+    stored = await engine.session(sid)
+    assert (stored.arrays["score"] == 1.5).all()
+    assert await redis.keys(stage_key(sid, "*")) == []
