@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -42,6 +44,8 @@ class SaveSession:
         # add/finish run in worker threads; abort may come from another thread while one is writing (a cancelled
         # stream). The lock makes abort wait for that write, so nothing is written after the folder is removed.
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"save-{snapshot_id}")
+        self._pending: deque[Future[tuple[str, layout.FileEntry]]] = deque()
         self.manifest = layout.Manifest(
             snapshot_id=snapshot_id,
             session_id=header.session_id,
@@ -106,16 +110,27 @@ class SaveSession:
             )
 
     def _store(self, path: str, parts: Sequence[memoryview]) -> None:
+        """Seals a file here and hands it to the writer thread, so that hashing and writing one tensor overlap with
+        receiving, obfuscating and sealing the next. At most one write waits, which bounds the memory held."""
         plain_size = sum(len(p) for p in parts)
         stored: Sequence[Data] = parts
         if self.data_key is not None:
             stored = [crypto.encrypt(self.data_key, path, parts)]
+        self._drain(limit=1)
+        self._pending.append(self._writer.submit(self._write, path, stored, plain_size))
+
+    def _write(self, path: str, stored: Sequence[Data], plain_size: int) -> tuple[str, layout.FileEntry]:
         digest = hashlib.sha256()
         for part in stored:
             digest.update(part)
         self.backend.write(self.snapshot_id, path, stored)
-        size = sum(len(p) for p in stored)
-        self.manifest.files[path] = layout.FileEntry(digest.hexdigest(), size, plain_size)
+        return path, layout.FileEntry(digest.hexdigest(), sum(len(p) for p in stored), plain_size)
+
+    def _drain(self, limit: int = 0) -> None:
+        """Waits until at most `limit` writes are in flight; a failed write raises here."""
+        while len(self._pending) > limit:
+            path, entry = self._pending.popleft().result()
+            self.manifest.files[path] = entry
 
     def finish(self) -> Info:
         """Checks the snapshot is complete, writes the metadata, then the manifest: from here on it is visible."""
@@ -162,6 +177,7 @@ class SaveSession:
         }
         for path, content in metadata.items():
             self._store(path, [memoryview(content)])
+        self._drain()
         if self.data_key is not None:
             self.manifest.mac = self.data_key.mac(self.manifest.canonical())
         self.backend.write(self.snapshot_id, layout.MANIFEST, [self.manifest.to_bytes()])
@@ -180,9 +196,14 @@ class SaveSession:
         """Removes everything written so far: a failed or cancelled save leaves nothing behind."""
         with self._lock:
             if not self._closed:
+                for pending in self._pending:
+                    pending.cancel()
+                wait(self._pending)  # a write still running would recreate what the delete removes
                 self.backend.delete(self.snapshot_id)
                 self._close()
 
     def _close(self) -> None:
         self._closed = True
+        self._pending.clear()
+        self._writer.shutdown(wait=False)
         self._on_close(self.snapshot_id)

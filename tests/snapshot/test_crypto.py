@@ -6,7 +6,7 @@ import base64
 import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import DataLoss
@@ -20,7 +20,7 @@ def small_segments(monkeypatch: pytest.MonkeyPatch) -> int:
     return 16
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(parts=st.lists(st.binary(max_size=70), max_size=4))
 def test_round_trip_over_parts_and_segment_boundaries(parts: list[bytes]) -> None:
     with pytest.MonkeyPatch.context() as mp:
@@ -29,7 +29,8 @@ def test_round_trip_over_parts_and_segment_boundaries(parts: list[bytes]) -> Non
         sealed = crypto.encrypt(key, "past_key_values/0_key.npy", [memoryview(p) for p in parts])
         plain = b"".join(parts)
         assert len(sealed) == crypto.sealed_size(len(plain))
-        assert plain == b"" or plain not in bytes(sealed)
+        if len(plain) >= 8:  # shorter strings turn up in random bytes by chance
+            assert plain not in bytes(sealed)
         opened = crypto.decrypt(key, "past_key_values/0_key.npy", sealed, len(plain), "t")
         assert bytes(opened) == plain
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devstack.procs import wait_until
 from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.snapshot import layout
 from services.snapshot.backends.file import FileBackend
@@ -222,7 +223,8 @@ def test_interrupted_save_is_invisible_and_collected(file_store: SnapshotStore) 
     for name in ["input_ids", "attention_mask", "position_ids", "layer.0.key"]:
         session.add(name, cache[name].dtype.str, cache[name].shape, bytearray(cache[name].tobytes()))
     orphan = session.snapshot_id
-    assert (folder(file_store, orphan) / "past_key_values/0_key.npy").exists()
+    # Writes run behind the session (overlapping the next tensor); wait for this one to land.
+    wait_until(lambda: (folder(file_store, orphan) / "past_key_values/0_key.npy").exists(), 30, "the write")
     assert file_store.list_session("s-owner") == []
     with pytest.raises(NotFound):
         file_store.load("s-owner", orphan, "SmolLM2-135M-Instruct", "float32", "0123456789abcdef")
