@@ -71,9 +71,9 @@ async def test_the_cache_is_kept_between_turns_and_only_the_new_suffix_is_prefil
 
 async def test_pruning_is_applied_in_place(chat: Chat, start_worker) -> None:
     handle = await start_worker()
-    session = await chat.session(max_new_tokens=8, max_context_tokens=60, min_distance=0)
-    await chat.turn(session, "Hello there. I am writing a note. It is about cats.")
-    frames = await chat.turn(session, "Cats are nice. Dogs are loud. Birds sing. Fish swim. Tell me a fact.")
+    session = await chat.session(max_new_tokens=4, max_context_tokens=50, min_distance=0)
+    await chat.turn(session, "Hello there. I am writing a note.")
+    frames = await chat.turn(session, "Cats are nice. Dogs are loud. Tell me a fact.")
     assert frames[-1]["type"] == "done", frames
     assert any(f["type"] == "pruned" for f in frames)
     last = handle.worker.last_reply
@@ -83,9 +83,9 @@ async def test_pruning_is_applied_in_place(chat: Chat, start_worker) -> None:
 
 async def test_reprefill_mode_rebuilds_from_the_survivors(chat: Chat, start_worker) -> None:
     handle = await start_worker()
-    session = await chat.session(max_new_tokens=8, max_context_tokens=60, min_distance=0, prune_mode="reprefill")
-    await chat.turn(session, "Hello there. I am writing a note. It is about cats.")
-    frames = await chat.turn(session, "Cats are nice. Dogs are loud. Birds sing. Fish swim. Tell me a fact.")
+    session = await chat.session(max_new_tokens=4, max_context_tokens=50, min_distance=0, prune_mode="reprefill")
+    await chat.turn(session, "Hello there. I am writing a note.")
+    frames = await chat.turn(session, "Cats are nice. Dogs are loud. Tell me a fact.")
     assert frames[-1]["type"] == "done", frames
     assert any(f["type"] == "pruned" for f in frames)
     cache_matches_context(handle.worker, session, await chat.context(session))
