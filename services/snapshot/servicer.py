@@ -22,7 +22,7 @@ from services.snapshot.store import SnapshotStore
 from services.snapshot.tensors import Header, Info, Loaded
 
 # Bytes of tensor data per streamed message: well under the 64 MiB message limit, large enough to keep overhead low.
-CHUNK_BYTES = 2 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def header_from_pb(pb: snapshot_pb2.SnapshotHeader) -> Header:
