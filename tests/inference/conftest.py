@@ -180,7 +180,8 @@ def worker_settings(redis_url: str, tracker_addr: str, name: str, **overrides: A
         # No snapshot service in these tests: a refused offload only drops a cache, which the tracker can rebuild.
         "snapshot_addr": overrides.pop("snapshot_addr", f"127.0.0.1:{free_port()}"),
         "kv_budget_bytes": 1 << 30,
-        "claim_idle_ms": 3000,
+        # Long enough that a busy machine never mistakes a slow heartbeat for a dead worker.
+        "claim_idle_ms": 10_000,
     }
     values.update(overrides)
     return WorkerSettings(**values)
