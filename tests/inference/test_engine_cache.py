@@ -206,6 +206,18 @@ def test_export_import_is_bit_exact_and_continues_identically(engine: Engine) ->
     assert greedy(engine, cache, a.logits, STEPS)[0] == greedy(engine, restored, b.logits, STEPS)[0]
 
 
+def test_an_empty_cache_round_trips(engine: Engine) -> None:
+    arrays = engine.export_cache(engine.new_cache())
+    assert arrays["input_ids"].shape == (1, 0)
+    assert arrays["layer.0.key"].shape == (1, engine.num_kv_heads, 0, engine.head_dim)
+    restored = engine.import_cache(arrays)
+    assert len(restored) == 0 and restored.next_position == 0
+    ids = prompt_ids(engine)
+    a = engine.prefill(restored, ids, list(range(len(ids))), capture=None)
+    b = engine.prefill(engine.new_cache(), ids, list(range(len(ids))), capture=None)
+    assert torch.equal(a.logits, b.logits)
+
+
 def _broken(arrays: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
     arrays = dict(arrays)
     if how == "missing layer":

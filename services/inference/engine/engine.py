@@ -102,7 +102,7 @@ class Engine:
         cache.positions, cache.token_ids = fresh.positions, fresh.token_ids
 
     def export_cache(self, cache: SessionCache) -> dict[str, np.ndarray]:
-        return export_arrays(cache, self.dtype)
+        return export_arrays(cache, self.dtype, self.num_kv_heads, self.head_dim)
 
     def import_cache(self, arrays: dict[str, np.ndarray]) -> SessionCache:
         cache = self.new_cache()

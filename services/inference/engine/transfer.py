@@ -7,13 +7,19 @@ uint16 bit patterns: exact, and checked against the engine's dtype on import.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from .errors import EngineInputError
 from .kv_cache import SessionCache
 
-_NUMPY_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
+_NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),
+}
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -30,7 +36,7 @@ def _to_torch(array: np.ndarray, dtype: str, device: torch.device) -> torch.Tens
     return torch.from_numpy(array).to(device)
 
 
-def export_arrays(cache: SessionCache, dtype: str) -> dict[str, np.ndarray]:
+def export_arrays(cache: SessionCache, dtype: str, kv_heads: int, head_dim: int) -> dict[str, np.ndarray]:
     n = len(cache)
     arrays: dict[str, np.ndarray] = {
         "input_ids": np.asarray(cache.token_ids, dtype=np.int64).reshape(1, n),
@@ -38,6 +44,10 @@ def export_arrays(cache: SessionCache, dtype: str) -> dict[str, np.ndarray]:
         "attention_mask": np.ones((1, n), dtype=np.int64),
     }
     for i, layer in enumerate(cache.layers):
+        if n == 0:  # a session with nothing cached yet still exports (and imports) as zero-token tensors
+            arrays[f"layer.{i}.key"] = np.zeros((1, kv_heads, 0, head_dim), dtype=_NUMPY_DTYPES[dtype])
+            arrays[f"layer.{i}.value"] = np.zeros((1, kv_heads, 0, head_dim), dtype=_NUMPY_DTYPES[dtype])
+            continue
         if layer.keys is None or layer.values is None or layer.length != n:
             raise EngineInputError(f"export: layer {i} holds {layer.length} slots, the cache lists {n} tokens")
         arrays[f"layer.{i}.key"] = _to_numpy(layer.keys)
