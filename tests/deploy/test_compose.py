@@ -15,6 +15,7 @@ from tests.deploy.tools import compose_binary, run
 
 SECRETS = {
     "HALOWEAVE_SNAPSHOT_MASTER_KEY": "ab" * 32,
+    "RAY_AUTH_TOKEN": "cd" * 32,
     "S3_SECRET_KEY": "compose-test-secret",
     "GRAFANA_ADMIN_PASSWORD": "compose-test-password",
 }
@@ -116,6 +117,14 @@ def test_images_are_built_from_dockerfiles_that_exist_and_run_hardened(config: d
         if service.get("image", "").startswith("haloweave/"):
             assert service["read_only"] is True, name
             assert service["cap_drop"] == ["ALL"], name
+
+
+def test_the_ray_cluster_and_its_driver_share_the_auth_token(config: dict[str, Any]) -> None:
+    for name in ("ray-head", "ray-worker", "ray-worker-gpu", "inference"):
+        env = config["services"][name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN"] == SECRETS["RAY_AUTH_TOKEN"], name
+    assert config["services"]["inference"]["environment"]["RAY_ADDRESS"] == "ray-head:6379"
 
 
 def test_the_gpu_worker_reserves_a_gpu(config: dict[str, Any]) -> None:

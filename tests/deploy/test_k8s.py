@@ -181,6 +181,7 @@ def test_gpu_workers_request_gpus_and_dev_workers_do_not(rendered: dict[str, lis
         cluster = find(rendered[overlay], "RayCluster", "haloweave")[0]["spec"]
         assert cluster["rayVersion"] == ray.__version__, "the cluster's Ray matches the one the images install"
         assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "actors never land on the head"
+        assert cluster["authOptions"] == {"mode": "token"}
         (group,) = cluster["workerGroupSpecs"]
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         resources = group["template"]["spec"]["containers"][0]["resources"]
