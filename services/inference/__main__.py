@@ -5,13 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import tempfile
+from pathlib import Path
 
 from services.common import logs
 from services.inference.config import InferenceConfig
 
 log = logging.getLogger("services.inference")
 SERVICE = "haloweave.inference.v1.Inference"
+# Ray puts Unix sockets about 70 characters deep under RAY_TMPDIR, and a socket path may not exceed 107 bytes.
+RAY_TMPDIR_MAX = 36
+
+
+def short_ray_tmpdir() -> Path | None:
+    """A long RAY_TMPDIR (a test's or a stack's work folder) is reached through a short link in the system temp;
+    returns the link's folder, to remove at exit."""
+    configured = os.environ.get("RAY_TMPDIR")
+    if not configured or len(configured) <= RAY_TMPDIR_MAX:
+        return None
+    Path(configured).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="hw-ray-", dir="/tmp"))
+    (folder / "t").symlink_to(Path(configured).resolve(), target_is_directory=True)
+    os.environ["RAY_TMPDIR"] = str(folder / "t")
+    return folder
 
 
 async def serve(config: InferenceConfig) -> None:
@@ -26,7 +44,9 @@ async def serve(config: InferenceConfig) -> None:
     from services.inference.driver import POLL_S, Driver
     from services.inference.server import InferenceServicer
 
+    link_folder = None
     if config.ray_address == "local":
+        link_folder = short_ray_tmpdir()
         # address="local" never joins a stray cluster; fractional actors share these CPUs.
         ray.init(address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     else:
@@ -72,6 +92,9 @@ async def serve(config: InferenceConfig) -> None:
         await server.stop(grace=2)
         await redis.aclose()
         ray.shutdown()
+        if link_folder is not None:
+            (link_folder / "t").unlink(missing_ok=True)
+            link_folder.rmdir()
 
 
 def main() -> None:

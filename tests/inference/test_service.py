@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,8 +42,8 @@ def inference(
         "HALOWEAVE_INFERENCE_WORKERS": "2",
         "HALOWEAVE_RAY_NUM_CPUS": "2",
         "HALOWEAVE_DEVICE": "cpu",
-        # Short: Ray's socket paths under it must stay within the 107-byte AF_UNIX limit.
-        "RAY_TMPDIR": tempfile.mkdtemp(prefix="hw-ray-"),
+        # Deliberately long: the service must keep Ray's socket paths within the AF_UNIX limit itself.
+        "RAY_TMPDIR": str(root / "ray-session-files"),
     }
     proc = Proc("inference", python_module("services.inference"), env, root / "inference.log")
     try:
@@ -53,7 +51,6 @@ def inference(
         yield proc, listen, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         proc.stop(timeout=30)
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 async def test_the_service_serves_jobs_status_and_metrics_and_stops_on_sigterm(
