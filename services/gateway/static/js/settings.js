@@ -45,6 +45,7 @@ export class SettingsPanel {
     this.current = {};
     this.inputs = new Map();
     this.build();
+    form.addEventListener("submit", (event) => event.preventDefault()); // Enter in a field must not reload the page
   }
 
   build() {

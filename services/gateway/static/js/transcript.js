@@ -54,7 +54,13 @@ export class Transcript {
     if (entry.token === "<|im_start|>") this.headerOpen.set(entry.turn_id, true);
     if (special || this.headerOpen.get(entry.turn_id)) span.classList.add("special");
     if (!special && this.headerOpen.get(entry.turn_id) && entry.token.includes("\n")) this.headerOpen.delete(entry.turn_id);
-    const record = { ...entry, score: entry.score ?? entry.attention_score ?? 0, deleted: !!entry.deleted, span };
+    const record = {
+      ...entry,
+      score: entry.score ?? entry.attention_score ?? 0,
+      deleted: !!entry.deleted,
+      special: span.classList.contains("special"),
+      span,
+    };
     this.tokens.set(entry.position, record);
     this.setScore(span, record.score);
     if (record.deleted) {
@@ -99,16 +105,21 @@ export class Transcript {
     this.normalise();
   }
 
-  // Linear scale: the 95th percentile of the active scores, so the attention sink saturates instead of darkening
-  // everything else; log scale: the true maximum in log space.
+  // Linear scale: the 90th percentile of the active text tokens' scores. The attention sink (usually the first
+  // template token) and the few tokens near it saturate instead of darkening everything else. Log scale: the true
+  // maximum, sink included, in log space.
   normalise() {
     const scores = [];
-    for (const record of this.tokens.values()) if (!record.deleted) scores.push(record.score);
+    let max = 0;
+    for (const record of this.tokens.values()) {
+      if (record.deleted) continue;
+      max = Math.max(max, record.score);
+      if (!record.special) scores.push(record.score);
+    }
     if (!scores.length) return;
     scores.sort((a, b) => a - b);
-    const max = scores[scores.length - 1];
-    const p95 = scores[Math.floor(0.95 * (scores.length - 1))];
-    const norm = Math.max(1e-6, p95 * 1.25, max / 50);
+    const p90 = scores[Math.floor(0.9 * (scores.length - 1))];
+    const norm = Math.max(1e-6, p90, scores[scores.length - 1] / 200);
     const style = document.documentElement.style;
     style.setProperty("--norm", norm.toFixed(6));
     style.setProperty("--lnorm", Math.max(1e-6, Math.log1p(LOG_GAIN * max)).toFixed(6));

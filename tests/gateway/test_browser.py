@@ -1,0 +1,156 @@
+"""The web UI in real headless Chromium against the whole running system (real model, real services).
+
+Each step waits on a condition in the page, never a fixed sleep. Screenshots land in test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.stack import Stack
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 180_000  # a reply on a busy 2-core machine; conditions usually hold far sooner
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (scripts/apt-packages.txt)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def set_field(page: object, name: str, value: str) -> None:
+    """Types into a settings field and leaves it, which fires `change` like a person would."""
+    field = page.locator(f"#set-{name}")  # type: ignore[attr-defined]
+    field.fill(value)
+    field.press("Tab")
+
+
+def send_and_wait(page: object, text: str) -> None:
+    page.fill("#input", text)  # type: ignore[attr-defined]
+    page.press("#input", "Enter")  # type: ignore[attr-defined]
+    page.wait_for_function("() => window.haloweave.state.generating === true", timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "() => window.haloweave.state.generating === false && window.haloweave.state.lastStats !== null",
+        timeout=WAIT_MS,
+    )
+
+
+def test_chat_page_end_to_end(stack: Stack, browser: object) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(stack.gateway_url)
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Connected: ')")
+        status = page.text_content("#status")
+        assert "smollm2" in (status or "").lower(), status
+        # The system prompt is replayed into the transcript as dimmed template tokens plus its text.
+        page.wait_for_selector(".turn[data-role=system] .tok:not(.special)")
+
+        # Settings from the panel are applied to the session and kept in the browser.
+        page.click("#btn-settings")
+        set_field(page, "max_new_tokens", "6")
+        set_field(page, "temperature", "0")
+        session = page.evaluate("() => window.haloweave.client.session")
+        headers = {"Authorization": f"Bearer {session['token']}"}
+        settings_url = f"{stack.gateway_url}/v1/sessions/{session['session_id']}/settings"
+        page.wait_for_function("() => document.getElementById('set-max_new_tokens').value === '6'")
+        for _ in range(100):
+            if httpx.get(settings_url, headers=headers, timeout=10).json()["max_new_tokens"] == 6:
+                break
+            page.wait_for_timeout(100)  # polling the server for the change, not a timed assertion
+        assert httpx.get(settings_url, headers=headers, timeout=10).json()["max_new_tokens"] == 6
+        assert json.loads(page.evaluate("() => localStorage.getItem('haloweave.settings')"))["max_new_tokens"] == 6
+
+        # Chat: the reply streams in as token spans, coloured by brightness.
+        send_and_wait(page, "My cat is called Tom. What is my cat called?")
+        stats = page.evaluate("() => window.haloweave.state.lastStats")
+        assert 1 <= stats["tokens"] <= 6, stats  # the setting took effect
+        assert page.locator(".turn[data-role=assistant] .tok").count() >= 3
+        glowing = page.evaluate(
+            """() => [...document.querySelectorAll('.tok:not(.special)')]
+                 .filter(s => { const a = getComputedStyle(s).backgroundColor.match(/[\\d.]+/g);
+                                return a && a.length === 4 && Number(a[3]) > 0.05; }).length"""
+        )
+        assert glowing > 0, "some tokens glow"
+        page.screenshot(path=str(SHOTS / "01-reply.png"))
+
+        # Tooltip with the dictionary fields of the hovered token.
+        page.hover(".turn[data-role=user] .tok:not(.special) >> nth=2")
+        page.wait_for_selector("#tooltip:not([hidden])")
+        tip = page.text_content("#tooltip") or ""
+        for field in ("position", "token_id", "score", "turn_id", "sentence_id", "role"):
+            assert field in tip
+        page.screenshot(path=str(SHOTS / "02-tooltip.png"))
+
+        # Log scale is a class on the body: one style change, no per-token work.
+        page.check("#opt-log")
+        assert page.evaluate("() => document.body.classList.contains('log-scale')")
+
+        # A small token budget forces pruning of the first turn during the next reply: its spans flash and fade.
+        active = page.evaluate("() => window.haloweave.transcript.active")
+        set_field(page, "max_context_tokens", str(active - 8))
+        page.wait_for_function(f"() => window.haloweave.state.budget === {active - 8}")
+        send_and_wait(page, "And what colour is the sky?")
+        page.wait_for_selector(".tok.pruned", state="attached")
+        pruned = page.evaluate("() => window.haloweave.transcript.pruned")
+        assert pruned > 0
+        assert f"{pruned} pruned" == page.text_content("#meter-pruned")
+        page.screenshot(path=str(SHOTS / "03-pruned.png"))
+
+        # Export downloads the whole dictionary, pruned tokens included.
+        with page.expect_download() as download:
+            page.click("#btn-export")
+        exported = json.loads(Path(download.value.path()).read_text())
+        assert sum(1 for t in exported["tokens"] if t["deleted"]) == pruned
+
+        # Reload: the page resumes the same session and rebuilds the same transcript from the replay.
+        shown = page.evaluate("() => window.haloweave.transcript.tokens.size")
+        page.reload()
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Connected: ')")
+        page.wait_for_function(f"() => window.haloweave.transcript.tokens.size === {shown}")
+        assert page.evaluate("() => window.haloweave.client.session.session_id") == session["session_id"]
+        assert page.evaluate("() => window.haloweave.transcript.pruned") == pruned
+        assert page.is_checked("#opt-log")  # the toggle is remembered too
+        page.screenshot(path=str(SHOTS / "04-reloaded.png"))
+
+        # `full` aggregation shows the per-layer, per-head attention of the current token.
+        page.click("#btn-settings")
+        page.select_option("#set-aggregation", "full")
+        page.wait_for_function("() => document.getElementById('set-aggregation').value === 'full'")
+        set_field(page, "max_context_tokens", "0")
+        send_and_wait(page, "Thanks!")
+        page.wait_for_selector("#heads:not([hidden])")
+        assert "layers" in (page.text_content("#heads-info") or "")
+        page.screenshot(path=str(SHOTS / "05-heads.png"))
+        assert not errors, errors
+    finally:
+        context.close()
