@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +60,10 @@ def ray_cluster(workdir: Path, worker_cpus: int) -> Iterator[RayCluster]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     head_argv = [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"]
-    head_argv += [f"--ray-client-server-port={free_port()}", f"--temp-dir={workdir / 'ray'}", "--block"]
+    # Ray's Unix sockets live about 70 characters under its temp dir and a socket path may not exceed 107 bytes, so
+    # the temp dir is a short folder of its own rather than one under the test's (long) work dir.
+    temp_dir = Path(tempfile.mkdtemp(prefix="hw-raycluster-"))
+    head_argv += [f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--block"]
     procs: list[Proc] = []
     try:
         head = Proc("ray-head", head_argv + _node_ports(), env, workdir / "ray-head.log")
@@ -73,3 +78,4 @@ def ray_cluster(workdir: Path, worker_cpus: int) -> Iterator[RayCluster]:
         for proc in reversed(procs):
             # Ray drains for up to 30 s on SIGTERM; nothing is left to drain once the services are gone.
             proc.stop(timeout=5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
