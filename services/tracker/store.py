@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from services.common import events, keys
 from services.common.errors import NotFound
@@ -106,6 +107,7 @@ class Store:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._commit = redis.register_script(COMMIT_LUA)
+        self._sha: str | None = None
 
     async def exists(self, session_id: str) -> bool:
         return bool(await self.redis.exists(meta_key(session_id)))
@@ -161,18 +163,33 @@ class Store:
         for event_type, data in draft.events:
             argv.extend(events.encode(event_type, data))
         if staged:
-            # MULTI/EXEC: the staged SETs and the script run together or not at all.
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for key, blob in staged:
-                    pipe.set(key, blob)
-                await self._commit(keys=_all_keys(state.session_id), args=argv, client=pipe)
-                result = int((await pipe.execute())[-1])
+            result = await self._staged_commit(staged, _all_keys(state.session_id), argv)
         else:
             result = int(await self._commit(keys=_all_keys(state.session_id), args=argv))
         if result == CONFLICT:
             state.meta.version = draft.base_version
             return None
         return result
+
+    async def _staged_commit(self, staged: list[tuple[str, bytes]], all_keys: list[str], argv: list[Any]) -> int:
+        """MULTI/EXEC: the staged SETs and the script run together or not at all.
+
+        EVALSHA is queued by hand: a pipeline holding a Script object asks SCRIPT EXISTS first, an extra round trip
+        per step. After a Redis restart the script is gone (NOSCRIPT): load it and try once more.
+        """
+        for attempt in (0, 1):
+            if self._sha is None or attempt:
+                self._sha = str(await self.redis.script_load(COMMIT_LUA))
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for key, blob in staged:
+                        pipe.set(key, blob)
+                    pipe.evalsha(self._sha, len(all_keys), *all_keys, *argv)
+                    return int((await pipe.execute())[-1])
+            except NoScriptError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def _text(value: bytes | str) -> str:

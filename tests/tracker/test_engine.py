@@ -287,3 +287,8 @@ async def test_large_rewrites_are_staged_and_dropped_on_conflict(make_engine: En
     stored = await engine.session(sid)
     assert (stored.arrays["score"] == 1.5).all()
     assert await redis.keys(stage_key(sid, "*")) == []
+    await redis.script_flush()  # as after a Redis restart: the script is loaded again
+    draft_c = stored.draft()
+    draft_c.set_array("score", np.full(state.size, 3.5))
+    assert await store.commit(draft_c) is not None
+    assert ((await engine.session(sid)).arrays["score"] == 3.5).all()
