@@ -106,12 +106,16 @@ class Reply:
             try:
                 await self._generate(stream, cache, first.opened)
             except HaloWeaveError as error:
-                # The stream is open: the tracker turns Fail into the client's error event.
-                fail = tracker_pb2.Fail(code=error.code, message=error.message)
-                await stream.send(tracker_pb2.GenerateRequest(fail=fail))
-                await self._closed(stream)
-                self.reported = True
-                raise
+                # The stream is open: the tracker turns Fail into the client's error event. If the tracker itself
+                # ended the stream, it told nobody; the worker then reports the error on completion.
+                try:
+                    fail = tracker_pb2.Fail(code=error.code, message=error.message)
+                    await stream.send(tracker_pb2.GenerateRequest(fail=fail))
+                    await self._closed(stream)
+                    self.reported = True
+                except HaloWeaveError:
+                    log.info("job %s: the tracker's stream is gone; the worker reports %s", self.job_id, error.code)
+                raise error from None
             return self.stats
         finally:
             await stream.close()

@@ -226,6 +226,8 @@ class Worker:
             cache = self.sessions.pop(session_id)
             if cache is None:
                 continue
+            if await self.affinity.owner(session_id) != self.worker_id:
+                continue  # another worker took the session over meanwhile: this copy is stale, drop it
             try:
                 snapshot_id = await self.snapshots.offload(session_id, cache)
             except HaloWeaveError as error:
