@@ -17,6 +17,8 @@ from devstack.procs import Proc, free_port, python_module, wait_until
 
 from .conftest import Chat, grpc_serving
 
+pytestmark = pytest.mark.slow
+
 
 def metric_values(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
