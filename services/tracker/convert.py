@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 from haloweave.tracker.v1 import tracker_pb2 as pb
 
-from services.tracker.engine import ContextView, ExportedToken, Opened, StepOutcome
+from services.tracker.engine import ContextView, Opened, StepOutcome
 from services.tracker.frames import FrameInput
+from services.tracker.restore import ExportedToken
 from services.tracker.settings import Settings
 from services.tracker.state import SessionState
 

@@ -8,7 +8,6 @@ sense that matters: Redis is the only truth, and any replica may serve any call.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections import OrderedDict
@@ -16,11 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.tracker import dictionary, segmentation
+from services.tracker import dictionary, restore
 from services.tracker.frames import FrameInput, reduce_frame
+from services.tracker.restore import ExportedToken
 from services.tracker.settings import Settings
 from services.tracker.state import ROLE_CODES, ROLE_NAMES, Draft, Meta, SessionState
 from services.tracker.store import Store
@@ -63,18 +61,6 @@ class StepOutcome:
     pruned_tokens: int
     pruned_sentences: int
     aggregation_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class ExportedToken:
-    token: str
-    token_id: int
-    position: int
-    attention_score: float
-    turn_id: int
-    sentence_id: int
-    role: str
-    deleted: bool
 
 
 def context_of(state: SessionState) -> ContextView:
@@ -353,7 +339,7 @@ class Engine:
         self, session_id: str, settings: Settings, tokens: list[ExportedToken], next_position: int
     ) -> None:
         """Replaces the dictionary with an exported one; the position counter never moves backwards."""
-        columns, texts = restore_columns(tokens, self.vocab_size)
+        columns, texts = restore.columns(tokens, self.vocab_size)
 
         def change(draft: Draft) -> None:
             state = draft.state
@@ -375,39 +361,6 @@ class Engine:
             draft.emit("settings", {"settings": settings.to_dict()})
 
         await self._run(session_id, change, replace=True)
-
-
-def restore_columns(tokens: list[ExportedToken], vocab_size: int) -> tuple[dict[str, Any], list[str]]:
-    """Checks an exported dictionary and rebuilds its arrays; refuses anything that would break an invariant."""
-    previous_position = -1
-    previous_turn = -1
-    for i, token in enumerate(tokens):
-        if token.position <= previous_position:
-            raise InvalidArgument(f"state.tokens[{i}]: positions must be unique and increasing")
-        if token.turn_id < previous_turn or token.turn_id < 0 or token.sentence_id < 0:
-            raise InvalidArgument(f"state.tokens[{i}]: turn and sentence ids must be non-negative, turns in order")
-        if token.role not in ROLE_CODES:
-            raise InvalidArgument(f"state.tokens[{i}]: unknown role {token.role!r}")
-        if not 0 <= token.token_id < vocab_size:
-            raise InvalidArgument(f"state.tokens[{i}]: token_id {token.token_id} is outside the vocabulary")
-        if not math.isfinite(token.attention_score) or token.attention_score < 0:
-            raise InvalidArgument(f"state.tokens[{i}]: attention_score must be finite and >= 0")
-        previous_position, previous_turn = token.position, token.turn_id
-    pairs = [(t.turn_id, t.sentence_id) for t in tokens]
-    new_sentence = [i == 0 or pairs[i] != pairs[i - 1] for i in range(len(pairs))]
-    scores = [t.attention_score for t in tokens]
-    columns: dict[str, Any] = {
-        "pos": np.asarray([t.position for t in tokens], dtype=np.int64),
-        "tid": np.asarray([t.token_id for t in tokens]),
-        "turn": np.asarray([t.turn_id for t in tokens], dtype=np.int64),
-        "sent": np.asarray([t.sentence_id for t in tokens]),
-        "gsent": np.cumsum(np.asarray(new_sentence, dtype=np.int64)) - 1,
-        "role": np.asarray([ROLE_CODES[t.role] for t in tokens], dtype=np.int64),
-        "closes": np.asarray([segmentation.closes_sentence(t.token) for t in tokens]),
-        "deleted": np.asarray([t.deleted for t in tokens]),
-        "score": np.asarray(scores, dtype=np.float64),
-    }
-    return columns, [t.token for t in tokens]
 
 
 def _check_text(text: str, name: str, allow_empty: bool = False) -> None:
