@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     sizable_tokens = 512 if args.quick else 2048
 
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp, SeaweedS3(Path(tmp) / "seaweed") as s3:
         workdir = Path(tmp)
         bucket = "bench-snapshots"
@@ -202,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     plain_s, protected_s = median(cost["plain"]), median(cost["protected"])
     longest = ttft_rows[-1]
     result: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
+        # Other work on the machine slows the model's prefill far more than storage I/O: read the ratios with this.
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        },
         "quick": args.quick,
         "repeats": repeats,
         "throughput": rows,
@@ -245,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
-    print(f"\nfigures written to {RESULTS} ({result['wall_s']:.0f} s)")
+    load = result["machine"]["load_average_1m"]
+    print(f"\nload average (1 min) {load['start']:.1f} at start, {load['end']:.1f} at end, on {os.cpu_count()} CPUs")
+    print(f"figures written to {RESULTS} ({result['wall_s']:.0f} s)")
     return 0 if all(t["met"] for t in result["targets"][3:]) else 1
 
 
