@@ -229,14 +229,16 @@ class Reply:
         return await self._run(self.engine.prefill, cache, token_ids[-1:], positions[-1:], mode)
 
     def _frame(self, step: int, token: int, out: StepOutput) -> tracker_pb2.Frame:
+        """`full` mode ships the [layers, heads, ctx] fp16 tensor alone (the tracker reduces it); any other mode the
+        vector aggregated here."""
         frame = tracker_pb2.Frame(step=step, token_id=token, worker_seconds=out.seconds)
-        if out.attention is not None:
-            frame.attention.extend(out.attention.tolist())
         if out.full is not None:
             layers, heads, _ = out.full.shape
             frame.full_attention = out.full.astype("<f2", copy=False).tobytes()
             frame.layers = layers
             frame.heads = heads
+        elif out.attention is not None:
+            frame.attention.extend(out.attention.tolist())
         return frame
 
     async def _run(self, fn: Any, *args: Any) -> StepOutput:

@@ -144,3 +144,27 @@ async def test_a_stop_string_ends_the_reply(chat: Chat, start_worker) -> None:
     frames = await chat.turn(session, "Describe Paris in one sentence.")
     assert frames[-1]["type"] == "done" and frames[-1]["stats"]["reason"] == "stop"
     assert frames[-1]["stats"]["tokens"] < 40
+
+
+async def test_full_mode_ships_the_whole_tensor_and_the_tracker_relays_it(chat: Chat, start_worker) -> None:
+    await start_worker()
+    session = await chat.session(max_new_tokens=3, aggregation="full")
+    frames = await chat.turn(session, "Hi!")
+    assert frames[-1]["type"] == "done", frames[-1]
+    attention = [f for f in frames if f["type"] == "attention"]
+    assert attention and attention[0]["layers"] == 30 and attention[0]["heads"] == 9
+    assert any(f["type"] == "brightness" for f in frames)
+
+
+async def test_a_mode_change_mid_reply_applies_from_the_next_step(chat: Chat, start_worker) -> None:
+    await start_worker()
+    session = await chat.session(max_new_tokens=200)
+    await chat.say(session, "Write a long poem about the sea.")
+    job_id = await chat.enqueue(session)
+    await chat.wait_for(session, lambda fs: any(f["type"] == "brightness" for f in fs))
+    assert not any(f["type"] == "attention" for f in await chat.events(session))
+    changes = tracker_pb2.Settings(aggregation="full")
+    await chat.tracker.UpdateSettings(tracker_pb2.UpdateSettingsRequest(session_id=session, settings=changes))
+    await chat.wait_for(session, lambda fs: any(f["type"] == "attention" for f in fs))
+    await chat.tracker.Cancel(tracker_pb2.SessionRef(session_id=session))
+    assert await chat.job_done(job_id) == "cancelled"
