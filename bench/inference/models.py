@@ -23,6 +23,20 @@ RANDOM_CONFIGS = {
         "rms_norm_eps": 1e-5,
         "tie_word_embeddings": False,
     },
+    # The embedded model's shape: its timings without its weights (for machines that do not hold the converted copy).
+    "smollm2-135m": {
+        "vocab_size": 49152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "max_position_embeddings": 8192,
+        "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    },
     # A small Llama for checking the random-config path itself on a CPU.
     "llama-tiny": {
         "vocab_size": 49152,
