@@ -163,10 +163,6 @@ def test_chat_page_end_to_end(stack: Stack, browser: object) -> None:
         context.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="in `full` mode the worker sends both the aggregated row and the full tensor, which the tracker refuses",
-)
 def test_full_mode_streams_the_heads_view(stack: Stack, browser: object) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 860})  # type: ignore[attr-defined]
     page = context.new_page()
