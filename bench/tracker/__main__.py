@@ -79,7 +79,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (about a minute)")
     args = parser.parse_args()
     scoring.single_threaded()  # as the tracker process does at start-up
-    repeats, per_repeat, rounds = (2, 40, 300) if args.quick else (3, 120, 2000)
+    repeats, per_repeat, rounds = (2, 40, 300) if args.quick else (3, 100, 1000)
     contexts = [1024, 8192, 32768]
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp:
         port = free_port()
