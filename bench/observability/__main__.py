@@ -97,10 +97,20 @@ def main(argv: list[str] | None = None) -> int:
             cost = scrape_cost(stack, scrapes)
 
     base, scraped = generation["median"]["baseline"], generation["median"]["scraped"]
-    print("\n| measure (median) | no scraping (baseline) | scraped every 1 s | ratio |")
+    runs = generation["runs"]
+
+    def spread(mode: str, key: str) -> str:
+        values = [run[key] for run in runs[mode]]
+        return f"{min(values):.2f}-{max(values):.2f}"
+
+    # The ratio means something only where it falls outside the run-to-run spread, so the spread is printed too.
+    print("\n| measure (median; min-max) | no scraping (baseline) | scraped every 1 s | ratio |")
     print("|---|---|---|---|")
     for key, label in (("tokens_per_s", "tokens/s"), ("wall_s", "turn wall time, s")):
-        print(f"| {label} | {base[key]:.2f} | {scraped[key]:.2f} | {scraped[key] / base[key]:.3f} |")
+        print(
+            f"| {label} | {base[key]:.2f} ({spread('baseline', key)}) | {scraped[key]:.2f} ({spread('scraped', key)})"
+            f" | {scraped[key] / base[key]:.3f} |"
+        )
     print("\n| service | one scrape of /metrics, ms (median) | bytes |")
     print("|---|---|---|")
     for service, row in cost.items():
