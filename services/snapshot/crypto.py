@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.common.errors import DataLoss
@@ -99,26 +100,22 @@ def _segment_aad(path: str, index: int, last: bool) -> bytes:
     return f"{path}|{index}|{int(last)}".encode()
 
 
-def _segments(parts: Sequence[memoryview]) -> Iterator[memoryview]:
-    """SEGMENT_BYTES pieces of the parts' concatenation; only a piece that spans two parts is copied."""
-    pending = bytearray()
+def _segments(parts: Sequence[memoryview]) -> Iterator[list[memoryview]]:
+    """The parts' concatenation cut into SEGMENT_BYTES segments, each as the pieces of parts it spans (no copies)."""
+    pieces: list[memoryview] = []
+    filled = 0
     for part in parts:
         start = 0
-        if pending:
-            take = min(SEGMENT_BYTES - len(pending), len(part))
-            pending += part[:take]
-            start = take
-            if len(pending) < SEGMENT_BYTES:
-                continue
-            yield memoryview(pending)
-            pending = bytearray()
-        while len(part) - start >= SEGMENT_BYTES:
-            yield part[start : start + SEGMENT_BYTES]
-            start += SEGMENT_BYTES
-        if start < len(part):
-            pending = bytearray(part[start:])
-    if pending:
-        yield memoryview(pending)
+        while start < len(part):
+            take = min(SEGMENT_BYTES - filled, len(part) - start)
+            pieces.append(part[start : start + take])
+            filled += take
+            start += take
+            if filled == SEGMENT_BYTES:
+                yield pieces
+                pieces, filled = [], 0
+    if pieces:
+        yield pieces
 
 
 def _segment_count(plain_size: int) -> int:
@@ -130,21 +127,36 @@ def sealed_size(plain_size: int) -> int:
 
 
 def encrypt(key: DataKey, path: str, parts: Sequence[memoryview]) -> bytearray:
-    """Seals `parts` (e.g. an .npy header and its data, without joining them first) into one stored file."""
+    """Seals `parts` (an .npy header and its data blocks, in stored order) into one stored file without joining
+    them: a segment that spans several parts is fed to the cipher piece by piece."""
     aead = AESGCM(key.key)
     plain_size = sum(len(p) for p in parts)
     count = _segment_count(plain_size)
     out = bytearray(sealed_size(plain_size))
     view = memoryview(out)
-    segments = _segments(parts) if plain_size else iter([memoryview(b"")])
+    segments = _segments(parts) if plain_size else iter([[memoryview(b"")]])
     offset = 0
-    for index, segment in enumerate(segments):
+    for index, pieces in enumerate(segments):
         nonce = os.urandom(NONCE_BYTES)
         view[offset : offset + NONCE_BYTES] = nonce
         offset += NONCE_BYTES
-        end = offset + len(segment) + TAG_BYTES
-        aead.encrypt_into(nonce, segment, _segment_aad(path, index, index == count - 1), view[offset:end])
-        offset = end
+        aad = _segment_aad(path, index, index == count - 1)
+        if len(pieces) == 1:
+            end = offset + len(pieces[0]) + TAG_BYTES
+            aead.encrypt_into(nonce, pieces[0], aad, view[offset:end])
+            offset = end
+            continue
+        # The same AES-GCM, streamed: identical bytes to a one-shot seal of the joined pieces.
+        encryptor = Cipher(algorithms.AES(key.key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        for piece in pieces:
+            # update_into wants room for one more block than it writes; the tag's place after it provides that.
+            offset += encryptor.update_into(piece, view[offset : offset + len(piece) + 15])
+        rest = encryptor.finalize()  # GCM buffers nothing, but write whatever it returns
+        view[offset : offset + len(rest)] = rest
+        offset += len(rest)
+        view[offset : offset + TAG_BYTES] = encryptor.tag
+        offset += TAG_BYTES
     return out
 
 

@@ -59,7 +59,7 @@ class Step:
             layer = layer_of(name)
             if layer is None:
                 return array
-            perm = _rng(self.seed, layer[0]).permutation(array.shape[1])
+            perm = self.head_permutation(layer[0], array.shape[1])
             return np.ascontiguousarray(array[:, perm])
         if self.kind == "xor_mask":
             if name == "input_ids":
@@ -77,7 +77,7 @@ class Step:
             layer = layer_of(name)
             if layer is None:
                 return array
-            perm = _rng(self.seed, layer[0]).permutation(array.shape[1])
+            perm = self.head_permutation(layer[0], array.shape[1])
             return np.ascontiguousarray(array[:, np.argsort(perm)])
         if self.kind == "xor_mask":
             if name == "input_ids":
@@ -94,6 +94,9 @@ class Step:
         inverse = np.empty_like(self.forward)
         inverse[self.forward] = np.arange(self.forward.size, dtype=self.forward.dtype)
         return inverse[array].astype(array.dtype, copy=False)
+
+    def head_permutation(self, layer: int, heads: int) -> np.ndarray:
+        return _rng(self.seed, layer).permutation(heads)
 
     def _mask(self, name: str) -> np.ndarray:
         return np.frombuffer(_rng(self.seed, name).bytes(_MASK_BYTES), dtype=np.uint8)
@@ -133,6 +136,37 @@ class Chain:
         for step in self.steps:
             array = step.apply(name, array)
         return array
+
+    def apply_parts(self, name: str, array: np.ndarray) -> list[memoryview]:
+        """The same bytes as `apply(...)` gives, as views in stored order, without materialising head rotations.
+
+        A save's hot path: rotations only reorder (batch, head) blocks, so they are tracked as an order over the
+        blocks of the received buffer, and a mask is XORed in place at the offset each block will be stored at.
+        """
+        if name == "input_ids":
+            self._prepare_remaps(array)
+        layer = layer_of(name)
+        order: np.ndarray | None = None  # stored block i is block order[i] of `array` (layer tensors only)
+        for step in self.steps:
+            if step.kind == "rotate_heads" and layer is not None:
+                batch, heads = array.shape[:2]
+                current = (
+                    order.reshape(batch, heads) if order is not None else np.arange(batch * heads).reshape(batch, heads)
+                )
+                order = current[:, step.head_permutation(layer[0], heads)].reshape(-1)
+            elif step.kind == "xor_mask" and order is not None:
+                array = _writable(array)
+                blocks = array.reshape(len(order), -1).view(np.uint8)
+                mask = step._mask(name)
+                for position, source in enumerate(order):
+                    offset = position * blocks.shape[1]
+                    _xor_in_place(blocks[source], np.roll(mask, -(offset % mask.size)))
+            else:
+                array = step.apply(name, array)
+        if order is None:
+            return [array.reshape(-1).view(np.uint8).data]
+        blocks = np.ascontiguousarray(array).reshape(len(order), -1).view(np.uint8)
+        return [blocks[source].data for source in order]
 
     def _prepare_remaps(self, ids: np.ndarray) -> None:
         """Every remap step permutes the same range, [0, max original id], so remapped ids stay inside it."""

@@ -19,7 +19,7 @@ from services.common.errors import InvalidArgument
 from services.snapshot import crypto, layout
 from services.snapshot.backends import Backend, Data
 from services.snapshot.obfuscation import Chain
-from services.snapshot.tensors import CACHE_DTYPES, Header, Info, npy_parts, numpy_dtype, to_npy_bytes
+from services.snapshot.tensors import CACHE_DTYPES, Header, Info, npy_header, numpy_dtype, to_npy_bytes
 
 
 class SaveSession:
@@ -90,8 +90,7 @@ class SaveSession:
         if layer is not None:
             self._check_layer(name, dtype, dims)
         array = np.frombuffer(data, dtype=np_dtype).reshape(dims)
-        array = self.chain.apply(name, array)
-        self._store(path, npy_parts(array))
+        self._store(path, [memoryview(npy_header(array)), *self.chain.apply_parts(name, array)])
         self.manifest.tensors[name] = layout.TensorEntry(dtype, list(dims))
         if name == "input_ids":
             self.manifest.tokens = int(dims[-1]) if dims else 1
