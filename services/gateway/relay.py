@@ -31,6 +31,10 @@ class Outgoing:
     read_at: float | None  # monotonic time the event was read off the Stream; None for frames made here
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def encode(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
@@ -78,13 +82,29 @@ class StreamReader:
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     self.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    frame = events.decode(entry_id, fields)
-                    owner = frame.pop("connection", None)
-                    if owner is not None and owner != self.connection_id:
-                        continue
-                    if owner is None:
-                        self.on_event(frame)
-                    await self._put(Outgoing(encode(frame), frame["type"], read_at))
+                    item = self._outgoing(self.cursor, fields, read_at)
+                    if item is not None:
+                        await self._put(item)
+
+    def _outgoing(self, entry_id: str, fields: dict[Any, Any], read_at: float) -> Outgoing | None:
+        """The frame for one Stream entry, or None when it is addressed to another connection."""
+        kind = _text(fields.get(b"type", fields.get("type", "")))
+        data = _text(fields.get(b"data", fields.get("data", "{}")))
+        if kind != "error" and data.startswith("{") and '"type"' not in data and '"event_id"' not in data:
+            # The hot path (token, brightness, ...): splice the stored JSON object into the frame instead of
+            # parsing and re-serialising it; the gateway relays these events unchanged.
+            event_id = int(entry_id.split("-", 1)[0])
+            rest = data[1:] if data != "{}" else "}"
+            head = f'{{"type":{json.dumps(kind)},"event_id":{event_id}'
+            self.on_event({"type": kind})
+            return Outgoing(f"{head},{rest}" if rest != "}" else f"{head}}}", kind, read_at)
+        frame = events.decode(entry_id, fields)
+        owner = frame.pop("connection", None)
+        if owner is not None and owner != self.connection_id:
+            return None
+        if owner is None:
+            self.on_event(frame)
+        return Outgoing(encode(frame), frame["type"], read_at)
 
     async def _put(self, item: Outgoing) -> None:
         try:

@@ -1,0 +1,133 @@
+"""Pure parts of the gateway: frame parsing, settings conversion, token hashing, the relay's frame splicing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from services.common import events
+from services.common.errors import InvalidArgument
+from services.gateway import auth, protocol, settings_codec
+from services.gateway.relay import Outgoing, StreamReader
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("", protocol.BAD_JSON),
+        ("null", protocol.BAD_JSON),
+        ('"hello"', protocol.BAD_JSON),
+        ('{"type": 5}', protocol.UNKNOWN_TYPE),
+        ('{"type": "hello", "last_event_id": true, "session_id": "s", "token": "t"}', protocol.BAD_FRAME),
+        ('{"type": "hello", "session_id": ""}', protocol.BAD_FRAME),
+        ('{"type": "hello", "session_id": "s"}', protocol.UNAUTHORIZED),
+        ('{"type": "user_message"}', protocol.BAD_FRAME),
+        ('{"type": "user_message", "text": "' + "a" * 101 + '"}', protocol.FRAME_TOO_LARGE),
+        ('{"type": "settings"}', protocol.BAD_FRAME),
+    ],
+)
+def test_parse_refuses_with_a_stable_code(raw: str, code: str) -> None:
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.parse(raw, max_frame_bytes=1024, max_message_chars=100)
+    assert refused.value.code == code
+
+
+def test_parse_accepts_each_client_frame_and_ignores_unknown_fields() -> None:
+    hello = protocol.parse('{"type":"hello","session_id":"s","token":"t","last_event_id":4,"x":1}', 1024, 100)
+    assert (hello.session_id, hello.token, hello.last_event_id) == ("s", "t", 4)
+    assert protocol.parse('{"type":"user_message","text":"hi"}', 1024, 100).text == "hi"
+    assert protocol.parse('{"type":"settings","settings":{"boost":2}}', 1024, 100).settings == {"boost": 2}
+    assert protocol.parse('{"type":"cancel"}', 1024, 100).type == "cancel"
+    assert protocol.parse(b'{"type":"hello"}', 1024, 100).session_id is None
+
+
+def test_settings_round_trip_and_refusals() -> None:
+    given_settings = {"aggregation": "max", "decay_rate": 1, "max_context_tokens": 64, "seed": 2**40, "stop": ["x"]}
+    message = settings_codec.to_pb(given_settings)
+    back = settings_codec.from_pb(message)
+    assert back == {**given_settings, "decay_rate": 1.0}
+    assert settings_codec.to_pb({"stop": []}).clear_stop is True
+    for bad in [{"nope": 1}, {"boost": "1"}, {"min_distance": 1.5}, {"min_distance": True}, {"stop": [""]},
+                {"max_new_tokens": 2**31}, [("boost", 1)]]:  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            settings_codec.to_pb(bad)
+
+
+async def test_token_check_is_by_hash_and_per_session(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        token, other = auth.new_token(), auth.new_token()
+        assert token != other and len(token) >= 43
+        await auth.register(redis, "s1", token)
+        await auth.register(redis, "s2", other)
+        assert (await redis.get("hw:auth:{s1}")).decode() == auth.digest(token)  # only the hash is stored
+        assert await auth.check(redis, "s1", token) == "ok"
+        assert await auth.check(redis, "s1", other) == "unauthorized"
+        assert await auth.check(redis, "s1", None) == "unauthorized"
+        assert await auth.check(redis, "nope", token) == "unknown_session"
+        with pytest.raises(RuntimeError):
+            await auth.register(redis, "s1", other)  # a token is never replaced
+        assert await auth.check(redis, "s1", token) == "ok"
+    finally:
+        await redis.aclose()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(
+    kind=st.sampled_from(["token", "brightness", "pruned", "done", "settings", "attention"]),
+    data=st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+    event_id=st.integers(1, 10**9),
+)
+def test_spliced_frames_equal_decoded_frames(kind: str, data: dict[str, Any], event_id: int) -> None:
+    reader = StreamReader.__new__(StreamReader)
+    reader.connection_id = "me"
+    seen: list[dict[str, Any]] = []
+    reader.on_event = seen.append
+    fields = {b"type": kind.encode(), b"data": json.dumps(data, separators=(",", ":")).encode()}
+    item = reader._outgoing(f"{event_id}-0", fields, 0.0)
+    assert isinstance(item, Outgoing) and item.type == kind
+    assert json.loads(item.text) == events.decode(f"{event_id}-0", fields)
+    assert seen and seen[0]["type"] == kind
+
+
+def test_errors_for_another_connection_are_skipped() -> None:
+    reader = StreamReader.__new__(StreamReader)
+    reader.connection_id = "me"
+    reader.on_event = lambda frame: None
+    mine = {b"type": b"error", b"data": b'{"code":"bad_json","message":"m","connection":"me"}'}
+    theirs = {b"type": b"error", b"data": b'{"code":"bad_json","message":"m","connection":"you"}'}
+    job = {b"type": b"error", b"data": b'{"code":"aborted","message":"m","job_id":"j"}'}
+    assert reader._outgoing("5-0", theirs, 0.0) is None
+    frame = json.loads(reader._outgoing("5-0", mine, 0.0).text)  # type: ignore[union-attr]
+    assert frame == {"type": "error", "event_id": 5, "code": "bad_json", "message": "m"}
+    assert json.loads(reader._outgoing("6-0", job, 0.0).text)["job_id"] == "j"  # type: ignore[union-attr]
+
+
+def test_outbox_overflow_only_after_the_stall_timeout() -> None:
+    async def scenario() -> str:
+        reader = StreamReader.__new__(StreamReader)
+        reader.outbox = asyncio.Queue(maxsize=1)
+        reader.stall_timeout = 30.0
+        await reader._put(Outgoing("a", "token", None))
+        asyncio.get_running_loop().call_soon(reader.outbox.get_nowait)
+        await reader._put(Outgoing("b", "token", None))  # room is made while it waits: no overflow
+        reader.stall_timeout = 0.01
+        try:
+            await reader._put(Outgoing("c", "token", None))  # nobody drains: overflow
+        except Exception as error:
+            return type(error).__name__
+        return "no overflow"
+
+    assert asyncio.run(scenario()) == "Overflow"
