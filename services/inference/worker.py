@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,10 +128,14 @@ class Worker:
             )
             return
         if not await self.queue.lock(job):
-            return  # another live worker is running it; it will ack it
+            # Another worker runs it (it will ack it), or a dead one's lock has yet to expire (then it is reclaimed).
+            log.info("%s: job %s is locked by another worker; left pending", self.worker_id, job.job_id)
+            return
         wait = job.queue_wait_s()
         if wait is not None:
             self.stats.observe("queue_wait_seconds", wait)
+        log.info("%s: job %s (%s of session %s) started", self.worker_id, job.job_id, job.type, job.session_id)
+        started = time.monotonic()
         keep = asyncio.create_task(self._keep(job))
         try:
             outcome, job_events = await self._run(job)
@@ -142,7 +147,11 @@ class Worker:
         # Before completing: a completed job means the worker is done with it, its memory budget settled too.
         await self._fit_budget(keep=job.session_id)
         self._gauges()
-        await self.queue.complete(job, outcome, job_events)
+        first = await self.queue.complete(job, outcome, job_events)
+        took = time.monotonic() - started
+        log.info(
+            "%s: job %s %s in %.1f s%s", self.worker_id, job.job_id, outcome, took, "" if first else " (done before)"
+        )
 
     async def _keep(self, job: Job) -> None:
         while True:

@@ -54,7 +54,7 @@ async def test_a_killed_actor_is_restarted_and_its_job_completed_once(
     actor = ray.remote(WorkerActor).options(num_cpus=0.5, max_restarts=-1).remote(settings, factory)
     try:
         before = wait_ready(actor)
-        session = await chat.session(max_new_tokens=40)
+        session = await chat.session(max_new_tokens=24)
         await chat.say(session, "Tell me a long story about a lighthouse keeper.")
         job_id = await chat.enqueue(session)
         # Mid-reply: the first reply tokens are out, the job is pending on the actor.
