@@ -4,6 +4,9 @@ Each worker's hot loop fills a plain `WorkerStats` (counters and fixed-bucket hi
 crosses from a Ray actor to the driver as a small dict). The driver's `StatsCollector` keeps the latest dict of every
 worker and renders the sums as `haloweave_inference_*` metrics. A worker restarted by Ray starts from zero under a new
 incarnation id; the collector folds the dead incarnation's totals into a carry, so counters never go backwards.
+
+`jobs_total{type,outcome}`: type generate | snapshot | restore; outcome eos | length | stop | cancelled (a reply's
+finish reason), ok (snapshot, restore), error (the client got an `error` event), invalid (an unreadable job).
 """
 
 from __future__ import annotations
