@@ -6,12 +6,13 @@ first, so they must not keep anything outside the draft.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.tracker import pruning, scoring, segmentation
+from services.tracker import columns, pruning, scoring, segmentation
 from services.tracker.state import ROLE_CODES, Draft
 
 # A brightness event carries at most this many positions. When more scores changed, half the slots go to the largest
@@ -78,11 +79,11 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> None:
     state = draft.state
     s = state.settings
     active = state.active_index()
-    scores = state.arrays["score"].copy()
-    scores[active] = scoring.step_scores(
-        scores[active],
-        state.arrays["pos"][active],
-        attention,
+    positions = state.arrays["pos"]
+    scores = columns.copy(state.arrays["score"])  # with room for the token this step appends
+    step = functools.partial(
+        scoring.step_scores,
+        attention=attention,
         boost=s.boost,
         distance_mode=s.distance_mode,
         min_distance=s.min_distance,
@@ -90,6 +91,10 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> None:
         decay_mode=s.decay_mode,
         decay_rate=s.decay_rate,
     )
+    if len(active) == len(scores):  # nothing pruned yet: no gather and scatter
+        scores[:] = step(scores, positions)
+    else:
+        scores[active] = step(scores[active], positions[active])
     draft.set_array("score", scores)
 
 
@@ -122,7 +127,7 @@ def prune(draft: Draft) -> Pruned:
     chosen = pruning.choose(len(active), budget, keys, arrays["score"][active], ~protected_mask(draft, active))
     if not chosen:
         return Pruned([], 0)
-    deleted = arrays["deleted"].copy()
+    deleted = columns.copy(arrays["deleted"])
     all_positions: list[int] = []
     for key in chosen:
         members = active[keys == key]

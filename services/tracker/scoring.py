@@ -81,7 +81,35 @@ def aggregate(tensor: NDArray[np.floating], mode: str) -> NDArray[np.float32]:
 
 
 def distance_weights(distance: NDArray[np.int64], mode: str, min_distance: int, scale: float) -> F64:
-    """w(d): 0 below min_distance (except `none`, which ignores it); above it, a function of (d - m) / s."""
+    """w(d): 0 below min_distance (except `none`, which ignores it); above it, a function of (d - m) / s.
+
+    Looked up in a table of w(0..D) per (mode, m, s), computed once by `_weights_formula` and grown by doubling:
+    a gather instead of a log1p over the whole context every step (the same numbers, bit for bit).
+    """
+    if distance.size == 0 or int(distance.min()) < 0:  # nothing to look up, or not a query-to-key distance
+        return _weights_formula(distance, mode, min_distance, scale)
+    table = _weights_table(mode, min_distance, scale, int(distance.max()))
+    return table[distance]
+
+
+_TABLES: dict[tuple[str, int, float], F64] = {}
+_MAX_TABLES = 64  # settings are per session, but a handful of distinct distance settings is the norm
+
+
+def _weights_table(mode: str, min_distance: int, scale: float, highest: int) -> F64:
+    key = (mode, min_distance, scale)
+    table = _TABLES.get(key)
+    if table is None or len(table) <= highest:
+        size = max(4096, 1 << highest.bit_length())
+        table = _weights_formula(np.arange(size, dtype=np.int64), mode, min_distance, scale)
+        table.flags.writeable = False  # shared by every session with these settings
+        if key not in _TABLES and len(_TABLES) >= _MAX_TABLES:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = table
+    return table
+
+
+def _weights_formula(distance: NDArray[np.int64], mode: str, min_distance: int, scale: float) -> F64:
     if mode == "none":
         return np.ones(distance.shape, dtype=np.float64)
     beyond = distance >= min_distance
@@ -124,6 +152,23 @@ def step_scores(
 ) -> F64:
     """New scores of the active tokens; the query is the last active position (the token fed at this step)."""
     distance = positions[-1] - positions
-    w = distance_weights(distance, distance_mode, min_distance, distance_scale)
-    gain = boost * w * attention.astype(np.float64)
-    return update_scores(scores, gain, decay_mode, decay_rate)
+    gain = distance_weights(distance, distance_mode, min_distance, distance_scale)  # a fresh array: updated in place
+    if boost != 1.0:
+        gain *= boost
+    gain *= attention  # float32 promoted to float64 element by element, as attention.astype(np.float64) would
+    return _update_in_place(gain, scores, decay_mode, decay_rate)
+
+
+def _update_in_place(gain: F64, scores: F64, decay_mode: str, decay_rate: float) -> F64:
+    """`update_scores` computed in the gain array (no temporaries): the same operations in the same order."""
+    if decay_mode == "additive":
+        gain += scores
+        gain -= decay_rate
+        return np.maximum(gain, 0.0, out=gain)
+    if decay_mode == "exponential":
+        gain += scores * (1.0 - decay_rate)
+        return gain
+    if decay_mode == "none":
+        gain += scores
+        return gain
+    raise InvalidArgument(f"unknown decay mode {decay_mode!r}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from services.tracker import columns
 from services.tracker.settings import Settings
 
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2}
@@ -133,10 +134,10 @@ class Draft:
     settings_changed: bool = False
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def append_entries(self, columns: dict[str, NDArray[Any]], texts: list[str]) -> None:
+    def append_entries(self, new: dict[str, NDArray[Any]], texts: list[str]) -> None:
         arrays = self.state.arrays
         for name, dtype in ARRAYS.items():
-            arrays[name] = np.concatenate([arrays[name], np.asarray(columns[name], dtype=dtype)])
+            arrays[name] = columns.extend(arrays[name], np.asarray(new[name], dtype=dtype))
         self.appended += len(texts)
         self.texts.extend(texts)
 

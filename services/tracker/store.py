@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
@@ -31,6 +32,11 @@ CONFLICT = -1
 # Script arguments are copied into and out of Lua: a large rewritten array (the scores, every step) is cheaper as a
 # plain SET of a staging key that the script renames into place (measured: about half the time for 64 KiB).
 STAGE_BYTES = 16 * 1024
+# Events written by every step. Their payloads hold only validated finite numbers and strings, so orjson's output
+# decodes to exactly what json.dumps would give; it is about ten times faster on a brightness batch of 512 positions
+# and scores (measured ~35 µs vs ~380 µs), which was a third of a step's time at 8k tokens. Rarer events (settings,
+# done, error: worker-supplied stats may hold non-finite floats) keep the shared encoder.
+STEP_EVENTS = frozenset({"token", "brightness", "attention", "pruned"})
 
 # KEYS: meta, events, event_seq, text, one key per array (ARRAYS order), then one staging key per array.
 # ARGV: expected version, events maxlen, n meta pairs, pairs..., n array writes, (array index, mode, blob)...,
@@ -161,7 +167,7 @@ class Store:
         argv.extend(writes)
         argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
         for event_type, data in draft.events:
-            argv.extend(events.encode(event_type, data))
+            argv.extend(_encode_event(event_type, data))
         if staged:
             result = await self._staged_commit(staged, _all_keys(state.session_id), argv)
         else:
@@ -190,6 +196,15 @@ class Store:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+
+def _encode_event(event_type: str, data: dict[str, Any]) -> list[Any]:
+    if event_type in STEP_EVENTS:
+        try:
+            return [event_type, orjson.dumps(data)]
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate in a text piece: the shared encoder escapes it
+            pass
+    return events.encode(event_type, data)
 
 
 def _text(value: bytes | str) -> str:
