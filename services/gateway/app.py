@@ -32,7 +32,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = aioredis.Redis.from_url(config.redis_url)
-        peers = Peers(config.tracker_addr, config.snapshot_addr, config.rpc_timeout_s)
+        peers = Peers(config.tracker_addr, config.snapshot_addr, config.inference_addr, config.rpc_timeout_s)
         app.state.deps = Deps(config=config, redis=redis, peers=peers, metrics=metrics)
         try:
             yield

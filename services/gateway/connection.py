@@ -187,6 +187,8 @@ class Connection:
                 raise protocol.ProtocolError(protocol.UNAUTHORIZED, "wrong token for this session")
             info = await peers.get_session(frame.session_id)
             token, start, resumed = frame.token or "", frame.last_event_id or 0, True
+        # A session reloaded by the tracker from Redis may carry no model name; the workers know what they serve.
+        model = info.model or await peers.served_model()
         session_id = info.session_id
         latest = await jobs.last_event_id(redis, session_id)
         if start > latest:
@@ -203,7 +205,7 @@ class Connection:
             "protocol": protocol.PROTOCOL,
             "session_id": session_id,
             "token": token,
-            "model": info.model,
+            "model": model,
             "settings": settings_codec.from_pb(info.settings),
             "last_event_id": latest,
             "resumed": resumed,

@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import grpc
+from haloweave.inference.v1 import inference_pb2, inference_pb2_grpc
 from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 
@@ -39,16 +40,27 @@ async def _call(what: str, call: Awaitable[T]) -> T:
 class Peers:
     """One channel per peer for the gateway's lifetime; calls are bounded by `timeout`."""
 
-    def __init__(self, tracker_addr: str, snapshot_addr: str, timeout: float) -> None:
+    def __init__(self, tracker_addr: str, snapshot_addr: str, inference_addr: str, timeout: float) -> None:
         self.timeout = timeout
         self._tracker_channel = grpc_server.channel(tracker_addr)
         self._snapshot_channel = grpc_server.channel(snapshot_addr)
+        self._inference_channel = grpc_server.channel(inference_addr)
         self.tracker = tracker_pb2_grpc.TrackerStub(self._tracker_channel)
         self.snapshot = snapshot_pb2_grpc.SnapshotStub(self._snapshot_channel)
+        self.inference = inference_pb2_grpc.InferenceStub(self._inference_channel)
 
     async def close(self) -> None:
         await self._tracker_channel.close()
         await self._snapshot_channel.close()
+        await self._inference_channel.close()
+
+    async def served_model(self) -> str:
+        """The model the workers serve (empty when they do not answer)."""
+        try:
+            status = await _call("Status", self.inference.Status(inference_pb2.StatusRequest(), timeout=self.timeout))
+        except errors.HaloWeaveError:
+            return ""
+        return status.model
 
     async def create_session(self) -> tracker_pb2.SessionInfo:
         return await _call(

@@ -139,9 +139,26 @@ def test_chat_page_end_to_end(stack: Stack, browser: object) -> None:
         page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Connected: ')")
         page.wait_for_function(f"() => window.haloweave.transcript.tokens.size === {shown}")
         assert page.evaluate("() => window.haloweave.client.session.session_id") == session["session_id"]
+        assert "smollm2" in (page.text_content("#status") or "").lower()
         assert page.evaluate("() => window.haloweave.transcript.pruned") == pruned
         assert page.is_checked("#opt-log")  # the toggle is remembered too
         page.screenshot(path=str(SHOTS / "04-reloaded.png"))
+
+        # Snapshots: save one, see it listed, restore it; the transcript is redrawn from the restored dictionary.
+        page.click("#btn-snapshots")
+        page.click("#btn-snapshot-save")
+        page.wait_for_function(
+            "() => document.getElementById('snapshot-msg').textContent.startsWith('saved ')", timeout=WAIT_MS
+        )
+        page.wait_for_selector("#snapshot-list li button")
+        page.click("#snapshot-list li button >> nth=0")
+        page.wait_for_function(
+            "() => document.getElementById('snapshot-msg').textContent.startsWith('restored ')", timeout=WAIT_MS
+        )
+        page.wait_for_function(f"() => window.haloweave.transcript.tokens.size === {shown}")
+        assert page.evaluate("() => window.haloweave.transcript.pruned") == pruned
+        page.screenshot(path=str(SHOTS / "05-snapshots.png"))
+        page.click("#btn-snapshots")
 
         # The per-layer, per-head view draws an `attention` frame (fp16 [layers, heads, ctx], base64) as a heat map.
         page.evaluate(
@@ -177,6 +194,6 @@ def test_full_mode_streams_the_heads_view(stack: Stack, browser: object) -> None
         send_and_wait(page, "Hi!")
         page.wait_for_selector("#heads:not([hidden])", timeout=10_000)  # its frames came before `done`
         assert "layers" in (page.text_content("#heads-info") or "")
-        page.screenshot(path=str(SHOTS / "05-heads.png"))
+        page.screenshot(path=str(SHOTS / "06-heads.png"))
     finally:
         context.close()
