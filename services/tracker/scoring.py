@@ -41,14 +41,19 @@ def single_threaded() -> None:
 
 
 def _torch_mean(rows: NDArray[np.float16]) -> NDArray[np.float32] | None:
-    """Column means of fp16 rows accumulated in float32, in one pass (no fp32 copy of the tensor)."""
+    """Column means of fp16 rows accumulated in float32 by one torch call (`mean(dtype=float32)`).
+
+    Measured on 28x28x500, interleaved: about 0.9x the time of `.float().mean()` (which first writes a 1.5 MB fp32
+    copy), and faster than a preallocated fp32 buffer, pairwise fp32 += fp16 slabs (casting adds are a slow path)
+    or numpy's `add.reduce(dtype=float32)` (software half conversion, about 4x slower).
+    """
     try:
         import torch
     except ImportError:  # pragma: no cover - see to_float32
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(rows).float().mean(dim=0).numpy()  # type: ignore[no-any-return]
+        return torch.from_numpy(rows).mean(dim=0, dtype=torch.float32).numpy()  # type: ignore[no-any-return]
 
 
 def aggregate(tensor: NDArray[np.floating], mode: str) -> NDArray[np.float32]:

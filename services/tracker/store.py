@@ -16,6 +16,7 @@ conflict).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -39,9 +40,11 @@ STAGE_BYTES = 16 * 1024
 STEP_EVENTS = frozenset({"token", "brightness", "attention", "pruned"})
 
 # KEYS: meta, events, event_seq, text, one key per array (ARRAYS order), then one staging key per array.
-# ARGV: expected version, events maxlen, n meta pairs, pairs..., n array writes, (array index, mode, blob)...,
-#       text mode, n texts, texts..., then (type, data) event pairs. Modes: a append, s set, r rename the array's
-#       staging key (written by a plain SET in the same MULTI) over it; text mode a or s (replace).
+# ARGV: expected version, events maxlen, n meta pairs, pairs..., array writes spec, array writes blob, text mode,
+#       n texts, texts..., then (type, data) event pairs. The spec lists `<array index><mode><bytes>` per write (e.g.
+#       `1a8 9r0`); the blob holds the bytes of the a/s writes one after another (one argument instead of three per
+#       array: redis-py encodes every argument on its own, which was a tenth of a step). Modes: a append, s set,
+#       r rename the array's staging key (written by a plain SET in the same MULTI) over it; text mode a or s.
 # Returns the last event id, or -1 when the stored version is not the expected one (nothing is kept then).
 COMMIT_LUA = """
 local arrays = (#KEYS - 4) / 2
@@ -55,15 +58,19 @@ local pairs_n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, pairs_n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
 end
-local writes = tonumber(ARGV[i]); i = i + 1
-for _ = 1, writes do
-  local index = tonumber(ARGV[i])
-  local key, mode = KEYS[4 + index], ARGV[i + 1]
-  if mode == 's' then redis.call('SET', key, ARGV[i + 2])
-  elseif mode == 'r' then redis.call('RENAME', KEYS[4 + arrays + index], key)
-  else redis.call('APPEND', key, ARGV[i + 2]) end
-  i = i + 3
+local blob, offset = ARGV[i + 1], 1
+for index, mode, size in string.gmatch(ARGV[i], '(%d+)(%a)(%d+)') do
+  index = tonumber(index)
+  local key = KEYS[4 + index]
+  if mode == 'r' then redis.call('RENAME', KEYS[4 + arrays + index], key)
+  else
+    local last = offset + tonumber(size)
+    local part = string.sub(blob, offset, last - 1)
+    offset = last
+    if mode == 's' then redis.call('SET', key, part) else redis.call('APPEND', key, part) end
+  end
 end
+i = i + 2
 local text_mode = ARGV[i]; local texts = tonumber(ARGV[i + 1]); i = i + 2
 if text_mode == 's' then redis.call('DEL', KEYS[4]) end
 local first = i
@@ -98,15 +105,18 @@ def stage_key(session_id: str, name: str) -> str:
     return f"{keys.session_prefix(session_id)}:stage:{name}"
 
 
-def _all_keys(session_id: str) -> list[str]:
-    return [
+@functools.lru_cache(maxsize=1024)
+def _all_keys(session_id: str) -> tuple[bytes, ...]:
+    """Built and encoded once per session: the commit of every step passes all 22 of them."""
+    names = (
         meta_key(session_id),
         keys.events_stream(session_id),
         keys.events_counter(session_id),
         text_key(session_id),
         *(array_key(session_id, name) for name in ARRAYS),
         *(stage_key(session_id, name) for name in ARRAYS),
-    ]
+    )
+    return tuple(name.encode() for name in names)
 
 
 class Store:
@@ -150,7 +160,8 @@ class Store:
         argv: list[Any] = [draft.base_version, events.MAX_EVENTS_PER_SESSION, len(fields)]
         for name, value in fields.items():
             argv.extend((name, value))
-        writes: list[Any] = []
+        spec: list[str] = []
+        blobs: list[bytes] = []
         staged: list[tuple[str, bytes]] = []
         for index, name in enumerate(ARRAYS, start=1):
             values = state.arrays[name]
@@ -158,13 +169,15 @@ class Store:
                 blob = values.tobytes()
                 if len(blob) >= STAGE_BYTES:
                     staged.append((stage_key(state.session_id, name), blob))
-                    writes.extend((index, "r", b""))
+                    spec.append(f"{index}r0")
                 else:
-                    writes.extend((index, "s", blob))
+                    spec.append(f"{index}s{len(blob)}")
+                    blobs.append(blob)
             elif draft.appended and name in (*APPEND_ONLY, "deleted", "score"):
-                writes.extend((index, "a", values[len(values) - draft.appended :].tobytes()))
-        argv.append(len(writes) // 3)
-        argv.extend(writes)
+                blob = values[len(values) - draft.appended :].tobytes()
+                spec.append(f"{index}a{len(blob)}")
+                blobs.append(blob)
+        argv.extend((" ".join(spec), b"".join(blobs)))
         argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
         for event_type, data in draft.events:
             argv.extend(_encode_event(event_type, data))
@@ -177,7 +190,9 @@ class Store:
             return None
         return result
 
-    async def _staged_commit(self, staged: list[tuple[str, bytes]], all_keys: list[str], argv: list[Any]) -> int:
+    async def _staged_commit(
+        self, staged: list[tuple[str, bytes]], all_keys: tuple[bytes, ...], argv: list[Any]
+    ) -> int:
         """MULTI/EXEC: the staged SETs and the script run together or not at all.
 
         EVALSHA is queued by hand: a pipeline holding a Script object asks SCRIPT EXISTS first, an extra round trip
