@@ -21,17 +21,21 @@ def scattered(n: int, count: int, seed: int) -> list[int]:
     return sorted(int(p) for p in rng.choice(np.arange(1, n - 1), size=count, replace=False))
 
 
-def in_place(engine: Engine, cache: SessionCache, drop: list[int], token: int) -> float:
+def in_place(engine: Engine, cache: SessionCache, drop: list[int], token: int) -> tuple[float, float]:
+    """(evict + next token, evict alone) in seconds."""
     started = time.perf_counter()
     engine.evict(cache, drop)
+    evicted = time.perf_counter()
     engine.decode(cache, token, cache.next_position, capture="mean")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, evicted - started
 
 
-def reprefill(engine: Engine, cache: SessionCache, drop: list[int], token: int) -> float:
+def reprefill(engine: Engine, cache: SessionCache, drop: list[int], token: int) -> tuple[float, float]:
+    """(rebuild + next token, rebuild alone) in seconds."""
     started = time.perf_counter()
     dropped = set(drop)
     kept = [(p, t) for p, t in zip(cache.positions, cache.token_ids, strict=True) if p not in dropped]
     engine.rebuild(cache, [t for _, t in kept], [p for p, _ in kept])
+    rebuilt = time.perf_counter()
     engine.decode(cache, token, cache.next_position, capture="mean")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, rebuilt - started
