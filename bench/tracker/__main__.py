@@ -92,10 +92,36 @@ def main() -> int:
         finally:
             redis_proc.stop()
     report = build_report(agg, step, agreement, contexts)
+    report["environment"] = environment()
+    print(f"environment: {report['environment']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nfigures written to {RESULTS}")
     return 0 if all(report["targets"].values()) else 1
+
+
+def environment() -> dict[str, Any]:
+    """What the figures depend on: a shared, loaded machine or BLAS/thread settings change them several-fold."""
+    import os
+    import platform
+
+    import numpy as np
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},
+    }
+
+
+THREAD_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def build_report(agg: dict[str, Any], step: dict[str, Any], agreement: dict[str, Any], contexts: list[int]) -> Any:

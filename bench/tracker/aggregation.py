@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from services.tracker.frames import FrameInput, reduce_frame
 from services.tracker.scoring import aggregate
@@ -26,7 +27,13 @@ def run(rounds: int) -> dict[str, list[float]]:
     positions = np.arange(SHAPE[2], dtype=np.int64)
     frame = FrameInput(0, 1, np.zeros(0, dtype=np.float32), raw, SHAPE[0], SHAPE[1])
     as_f32 = tensor.astype(np.float32)
-    samples: dict[str, list[float]] = {"numpy_mean": [], "numpy_mean_f32": [], "aggregate": [], "reduce_frame": []}
+    samples: dict[str, list[float]] = {
+        "numpy_mean": [],
+        "numpy_mean_f32": [],
+        "torch_f32_copy": [],
+        "aggregate": [],
+        "reduce_frame": [],
+    }
     for _ in range(rounds):  # interleaved, so drift hits all of them alike
         started = time.perf_counter()
         np.frombuffer(raw, dtype="<f2").reshape(SHAPE).mean(axis=(0, 1))
@@ -34,6 +41,10 @@ def run(rounds: int) -> dict[str, list[float]]:
         started = time.perf_counter()
         as_f32.mean(axis=(0, 1))  # the same mean on a tensor already in float32 (not what the wire carries)
         samples["numpy_mean_f32"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        # The tracker's previous reduction: an fp32 copy of the whole tensor, then its mean.
+        torch.from_numpy(np.frombuffer(raw, dtype="<f2").reshape(-1, SHAPE[2])).float().mean(dim=0)
+        samples["torch_f32_copy"].append(time.perf_counter() - started)
         started = time.perf_counter()
         aggregate(np.frombuffer(raw, dtype="<f2").reshape(SHAPE), "full")
         samples["aggregate"].append(time.perf_counter() - started)
