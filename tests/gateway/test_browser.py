@@ -197,3 +197,42 @@ def test_full_mode_streams_the_heads_view(stack: Stack, browser: object) -> None
         page.screenshot(path=str(SHOTS / "06-heads.png"))
     finally:
         context.close()
+
+
+def test_a_4k_token_transcript_is_updated_in_place(stack: Stack, browser: object) -> None:
+    """Brightness at 4k tokens changes the spans it names; it never rebuilds the transcript."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})  # type: ignore[attr-defined]
+    page = context.new_page()
+    try:
+        page.goto(stack.gateway_url)
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Connected: ')")
+        # Frames fed through the page's own frame handler (positions far beyond the session's, turn 999).
+        page.evaluate(
+            """() => {
+                const c = window.haloweave.client;
+                for (let i = 0; i < 4000; i++) {
+                    c.onFrame({type: 'token', event_id: 0, position: 100000 + i, token: i % 12 ? ' word' : '.\\n',
+                               token_id: 1, role: 'assistant', turn_id: 999, sentence_id: Math.floor(i / 12),
+                               score: 0});
+                }
+                document.querySelector('[data-pos="100000"]').dataset.marker = 'kept';
+                const positions = [...Array(4000).keys()].map((i) => 100000 + i);
+                c.onFrame({type: 'brightness', event_id: 0, step: 0, turn_id: 999, positions,
+                           scores: positions.map((p, i) => (i % 7) / 7)});
+                c.onFrame({type: 'pruned', event_id: 0, positions: positions.slice(0, 12), turn_id: 999,
+                           sentence_id: 0});
+            }"""
+        )
+        page.wait_for_function(
+            "() => document.querySelector('[data-pos=\"100006\"]').style.getPropertyValue('--s') !== '0.00000'"
+        )
+        assert page.evaluate("() => document.querySelectorAll('.turn[data-turn=\"999\"] .tok').length") == 4000
+        assert page.evaluate("() => document.querySelector('[data-pos=\"100000\"]').dataset.marker") == "kept"
+        assert (
+            page.evaluate("() => document.querySelector('[data-pos=\"100006\"]').style.getPropertyValue('--s')")
+            == "0.85714"
+        )
+        assert page.evaluate("() => document.querySelectorAll('.turn[data-turn=\"999\"] .tok.pruned').length") == 12
+        page.screenshot(path=str(SHOTS / "07-4k-tokens.png"))
+    finally:
+        context.close()
