@@ -154,14 +154,16 @@ def brightness(draft: Draft, previous: NDArray[np.float64], step: int) -> None:
     state = draft.state
     count = len(previous)
     scores = state.arrays["score"][:count]
-    live = state.arrays["deleted"][:count] == 0
-    changed = np.flatnonzero(live & (np.abs(scores - previous) > BRIGHTNESS_EPSILON))
+    # Only active tokens are rescored and pruning comes after this, so a deleted token's score never changed here:
+    # no need to mask them out.
+    diff = scores - previous
+    np.abs(diff, out=diff)
+    changed = np.flatnonzero(diff > BRIGHTNESS_EPSILON)
     if changed.size == 0:
         return
     if changed.size > BRIGHTNESS_MAX_POSITIONS:
         half = BRIGHTNESS_MAX_POSITIONS // 2
-        diff = np.abs(scores[changed] - previous[changed])
-        largest = np.argpartition(diff, -half)[-half:]
+        largest = np.argpartition(diff[changed], -half)[-half:]
         start = (step * half) % changed.size
         window = (start + np.arange(half)) % changed.size
         changed = changed[np.union1d(largest, window)]
