@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common import errors
 from services.common.errors import HaloWeaveError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,24 @@ _STATUS = {
     "internal": grpc.StatusCode.INTERNAL,
 }
 
+# The client side of the same mapping: a peer's status becomes the domain error it stands for.
+_ERRORS: dict[grpc.StatusCode, type[HaloWeaveError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def domain_error(error: grpc.aio.AioRpcError, peer: str) -> HaloWeaveError:
+    """A failed call to `peer` as a domain error, so callers never need to know grpc."""
+    cls = _ERRORS.get(error.code(), HaloWeaveError)
+    return cls(f"{peer}: {error.details() or error.code().name}")
 
 
 def status_for(error: HaloWeaveError) -> grpc.StatusCode:

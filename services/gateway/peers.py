@@ -18,23 +18,12 @@ from services.common import errors, grpc_server
 
 T = TypeVar("T")
 
-_ERRORS: dict[grpc.StatusCode, type[errors.HaloWeaveError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
-    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
-}
-
 
 async def _call(what: str, call: Awaitable[T]) -> T:
     try:
         return await call
     except grpc.aio.AioRpcError as error:
-        kind = _ERRORS.get(error.code(), errors.HaloWeaveError)
-        raise kind(f"{what}: {error.details() or error.code().name}") from None
+        raise grpc_server.domain_error(error, what) from None
 
 
 class Peers:

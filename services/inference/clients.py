@@ -15,23 +15,10 @@ from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 
 from services.common import errors, grpc_server
-
-_ERRORS: dict[grpc.StatusCode, type[errors.HaloWeaveError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
-    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-}
+from services.common.grpc_server import domain_error
 
 # Unary calls that should answer at once; a stream carries its own pace.
 CALL_TIMEOUT_S = 30.0
-
-
-def domain_error(error: grpc.aio.AioRpcError, peer: str) -> errors.HaloWeaveError:
-    cls = _ERRORS.get(error.code(), errors.HaloWeaveError)
-    return cls(f"{peer}: {error.details() or error.code().name}")
 
 
 class GenerateStream:
