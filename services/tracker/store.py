@@ -154,7 +154,8 @@ class Store:
         """
         state = draft.state
         state.meta.version = draft.base_version + 1
-        fields = state.meta.to_fields(None if replace else draft.base_meta)
+        # A new session (version 0) writes every field: its base meta already holds the model and fingerprint.
+        fields = state.meta.to_fields(None if replace or draft.base_version == 0 else draft.base_meta)
         if draft.settings_changed or draft.base_version == 0 or replace:
             fields["settings"] = state.settings.to_json()
         argv: list[Any] = [draft.base_version, events.MAX_EVENTS_PER_SESSION, len(fields)]

@@ -234,6 +234,12 @@ async def test_a_stale_commit_is_refused_whole(make_engine: EngineFactory, redis
     assert (await engine.session(sid)).meta.turns == state.meta.turns + 5
 
 
+async def test_another_replica_reads_the_model_and_fingerprint(make_engine: EngineFactory) -> None:
+    sid = (await (await make_engine()).create_session({}, "Hi.")).session_id
+    state = await (await make_engine()).session(sid)
+    assert (state.meta.model, state.meta.fingerprint) == ("smollm2-135m-instruct", "test")
+
+
 async def test_a_new_replica_continues_positions_and_restore_never_rewinds(make_engine: EngineFactory) -> None:
     first = await make_engine()
     sid = (await first.create_session({}, "Hi.")).session_id
