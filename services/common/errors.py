@@ -33,6 +33,12 @@ class FailedPrecondition(HaloWeaveError):
     code = "failed_precondition"
 
 
+class AlreadyExists(HaloWeaveError):
+    """The request was carried out before (e.g. a job the tracker has already finished): do nothing more."""
+
+    code = "already_exists"
+
+
 class DataLoss(HaloWeaveError):
     code = "data_loss"
 

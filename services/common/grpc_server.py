@@ -33,6 +33,7 @@ _STATUS = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
     "data_loss": grpc.StatusCode.DATA_LOSS,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
 }
@@ -44,6 +45,7 @@ _ERRORS: dict[grpc.StatusCode, type[HaloWeaveError]] = {
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.DATA_LOSS: errors.DataLoss,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
 }

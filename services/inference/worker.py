@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.errors import HaloWeaveError, NotFound
+from services.common.errors import AlreadyExists, HaloWeaveError, NotFound
 from services.inference.affinity import Affinity
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.engine import Engine, SessionCache
@@ -184,6 +184,11 @@ class Worker:
         self.last_reply = reply.stats
         try:
             stats = await reply.run(cache)
+        except AlreadyExists:
+            # This job's reply was finished by a worker that died before marking the job done: complete it silently.
+            self.sessions.put(job.session_id, cache)
+            log.info("%s: job %s had already finished; not run again", self.worker_id, job.job_id)
+            return "duplicate", []
         except HaloWeaveError as error:
             self.sessions.put(job.session_id, cache)  # what the cache holds is checked against the next context
             self.stats.generated_tokens += reply.stats.tokens

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from services.tracker import dictionary, restore
 from services.tracker.frames import FrameInput, reduce_frame
 from services.tracker.restore import ExportedToken
 from services.tracker.settings import Settings
-from services.tracker.state import ROLE_CODES, ROLE_NAMES, Draft, Meta, SessionState
+from services.tracker.state import DONE_JOBS_KEPT, ROLE_CODES, ROLE_NAMES, Draft, Meta, SessionState
 from services.tracker.store import Store
 from services.tracker.template import ChatTemplate
 
@@ -199,6 +199,9 @@ class Engine:
 
         def change(draft: Draft) -> Opened:
             meta = draft.state.meta
+            if job_id in meta.done_jobs.split(","):
+                # Its worker died after the reply ended but before marking the job done: the reply exists already.
+                raise AlreadyExists(f"job {job_id!r} of session {session_id!r} has already finished")
             if meta.gen_turn >= 0:
                 # A reclaimed job (its worker died): close the abandoned reply before starting a new one.
                 self._close_generation(draft, None, "error", {"code": "aborted", "message": "the reply was abandoned"})
@@ -264,6 +267,7 @@ class Engine:
         def change(draft: Draft) -> int:
             self._check_job(draft.state.meta, session_id, job_id)
             turn = draft.state.meta.gen_turn
+            _remember_done(draft.state.meta, job_id)
             self._close_generation(draft, reason, "done", stats)
             return turn
 
@@ -275,6 +279,7 @@ class Engine:
             self._check_job(draft.state.meta, session_id, job_id)
             turn = draft.state.meta.gen_turn
             error = {"code": code or "internal", "message": message, "job_id": job_id}
+            _remember_done(draft.state.meta, job_id)
             self._close_generation(draft, None, "error", error)
             return turn
 
@@ -368,3 +373,8 @@ def _check_text(text: str, name: str, allow_empty: bool = False) -> None:
         raise InvalidArgument(f"{name} is empty")
     if len(text) > MAX_MESSAGE_CHARS:
         raise InvalidArgument(f"{name} is longer than {MAX_MESSAGE_CHARS} characters")
+
+
+def _remember_done(meta: Meta, job_id: str) -> None:
+    done = [job for job in meta.done_jobs.split(",") if job]
+    meta.done_jobs = ",".join([*done, job_id][-DONE_JOBS_KEPT:])

@@ -59,6 +59,9 @@ class Meta:
     gen_started: float = 0.0
     model: str = ""
     fingerprint: str = ""
+    # The last jobs whose reply ended with Finish or Fail, comma-separated: a worker that died before marking such a
+    # job done must not run it again (DONE_JOBS_KEPT bounds it; a session runs one job at a time).
+    done_jobs: str = ""
 
     def to_fields(self, since: Meta | None = None) -> dict[str, str]:
         """Every field, or only those that differ from `since` (a step changes few of them)."""
@@ -81,6 +84,7 @@ class Meta:
 
 
 _META_FIELDS = tuple(f.name for f in dataclasses.fields(Meta))
+DONE_JOBS_KEPT = 32
 
 
 def empty_arrays() -> dict[str, NDArray[Any]]:

@@ -8,6 +8,7 @@ from haloweave.tracker.v1 import tracker_pb2
 from services.common.errors import InvalidArgument
 from services.inference.engine import Engine
 from services.inference.generation import Reply, sampling_params
+from services.inference.jobs import done_key
 from services.inference.worker import Worker
 
 from .conftest import Chat
@@ -47,6 +48,20 @@ async def test_a_reply_streams_tokens_brightness_and_done(chat: Chat, start_work
         stats.histograms["time_to_first_token_seconds"].counts
     )
     assert stats.jobs.get(("generate", done["stats"]["reason"])) == 1
+
+
+async def test_a_finished_job_run_again_adds_no_second_reply(chat: Chat, start_worker) -> None:
+    """A worker that dies after the tracker finished the reply, before marking the job done: the job is taken again."""
+    await start_worker()
+    session = await chat.session(max_new_tokens=4)
+    await chat.say(session, "Say hello.")
+    job_id = await chat.enqueue(session)
+    assert await chat.job_done(job_id) != "duplicate"
+    before = await chat.events(session)
+    await chat.redis.delete(done_key(job_id))  # as if the worker had died before its done marker
+    await chat.enqueue(session, job_id=job_id)
+    assert await chat.job_done(job_id) == "duplicate"
+    assert await chat.events(session) == before, "no second reply, no error event"
 
 
 async def test_the_cache_is_kept_between_turns_and_only_the_new_suffix_is_prefilled(

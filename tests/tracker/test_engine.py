@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.tracker.dictionary import BRIGHTNESS_MAX_POSITIONS
 from services.tracker.engine import Engine
 from services.tracker.frames import FrameInput
@@ -232,6 +232,19 @@ async def test_a_stale_commit_is_refused_whole(make_engine: EngineFactory, redis
     assert await store.commit(draft_b) is None
     assert await read_events(redis, sid) == events_before
     assert (await engine.session(sid)).meta.turns == state.meta.turns + 5
+
+
+async def test_a_finished_job_cannot_open_again(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "Hi.")).session_id
+    await engine.open(sid, "job-1")
+    await engine.finish(sid, "job-1", "length", {})
+    await engine.open(sid, "job-2")
+    await engine.fail(sid, "job-2", "internal", "broke")
+    for job in ("job-1", "job-2"):
+        with pytest.raises(AlreadyExists, match=job):
+            await (await make_engine()).open(sid, job)
+    await engine.open(sid, "job-3")  # a new job opens as usual
 
 
 async def test_another_replica_reads_the_model_and_fingerprint(make_engine: EngineFactory) -> None:
