@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import tempfile
 from pathlib import Path
 
-from services.common import logs
+from services.common import lifecycle, logs
 from services.inference.config import InferenceConfig
 
 log = logging.getLogger("services.inference")
@@ -37,7 +36,7 @@ async def serve(config: InferenceConfig) -> None:
     import ray
     from grpc_health.v1 import health_pb2
     from haloweave.inference.v1 import inference_pb2_grpc
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis
 
     from services.common.grpc_server import Server
@@ -54,8 +53,7 @@ async def serve(config: InferenceConfig) -> None:
     driver = Driver(config)
     registry = CollectorRegistry()
     registry.register(driver.collector)
-    metrics_host = "127.0.0.1" if config.listen.startswith("127.") else "0.0.0.0"
-    start_http_server(config.metrics_port, addr=metrics_host, registry=registry)
+    lifecycle.start_metrics(config.metrics_port, config.listen, registry)
     server = Server(config.listen)
     server.add(inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(driver), SERVICE)
     await server.start()
@@ -69,10 +67,7 @@ async def serve(config: InferenceConfig) -> None:
 
     await set_health(False)  # until the actors have loaded the model
     driver.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = lifecycle.stop_on_signals()
     redis = Redis.from_url(config.redis_url)
     serving = False
     log.info("starting %d worker(s) on %s", config.workers, config.device)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 
 from haloweave.snapshot.v1 import snapshot_pb2_grpc
-from prometheus_client import start_http_server
 
-from services.common import logs
+from services.common import lifecycle, logs
 from services.common.config import ConfigError
 from services.common.errors import HaloWeaveError
 from services.common.grpc_server import Server
@@ -52,12 +50,8 @@ async def serve(cfg: SnapshotConfig) -> None:
     server.add(
         snapshot_pb2_grpc.add_SnapshotServicer_to_server, SnapshotServicer(store), "haloweave.snapshot.v1.Snapshot"
     )
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, addr="127.0.0.1" if cfg.listen.startswith("127.") else "0.0.0.0")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    lifecycle.start_metrics(cfg.metrics_port, cfg.listen)
+    stop = lifecycle.stop_on_signals()
     gc_task = asyncio.create_task(collect_garbage_forever(store, cfg.gc_interval_s))
     await server.start()
     log.info(

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from haloweave.tracker.v1 import tracker_pb2_grpc
-from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
-from services.common import logs, model_store
+from services.common import lifecycle, logs, model_store
 from services.common.grpc_server import Server
 from services.tracker import scoring
 from services.tracker.config import TrackerConfig
@@ -39,12 +37,8 @@ async def serve(cfg: TrackerConfig) -> None:
     engine = Engine(Store(redis), template, cfg.model_path.name, model_store.tokenizer_fingerprint(cfg.model_path))
     server = Server(cfg.listen)
     server.add(tracker_pb2_grpc.add_TrackerServicer_to_server, TrackerServicer(engine), "haloweave.tracker.v1.Tracker")
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, addr="127.0.0.1" if cfg.listen.startswith("127.") else "0.0.0.0")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    lifecycle.start_metrics(cfg.metrics_port, cfg.listen)
+    stop = lifecycle.stop_on_signals()
     await server.start()
     log.info("tracker ready on %s (metrics port %s)", cfg.listen, cfg.metrics_port or "off")
     await stop.wait()
