@@ -13,8 +13,8 @@ from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 
 from devstack.procs import Proc, free_port, python_module, wait_until
 from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.tensor_chunks import to_chunks
 
-CHUNK_BYTES = 1024 * 1024  # what the inference worker sends
 MODEL = "SmolLM2-135M-Instruct"
 FINGERPRINT = "bench"
 CHAIN = ["rotate_heads", "xor_mask", "remap_ids"]  # the inference worker's default chain
@@ -86,18 +86,8 @@ class Service:
 
 def _requests(head: snapshot_pb2.SnapshotHeader, arrays: dict[str, np.ndarray]) -> Iterator[snapshot_pb2.SaveRequest]:
     yield snapshot_pb2.SaveRequest(header=head)
-    for name, array in arrays.items():
-        raw = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-        for start in range(0, max(len(raw), 1), CHUNK_BYTES):
-            first = start == 0
-            chunk = snapshot_pb2.TensorChunk(
-                name=name,
-                dtype=array.dtype.str if first else "",
-                shape=list(array.shape) if first else [],
-                data=bytes(raw[start : start + CHUNK_BYTES]),
-                last=start + CHUNK_BYTES >= len(raw),
-            )
-            yield snapshot_pb2.SaveRequest(chunk=chunk)
+    for chunk in to_chunks(arrays):  # 1 MiB chunks, as the inference worker sends them
+        yield snapshot_pb2.SaveRequest(chunk=chunk)
 
 
 def synthetic_cache(total_bytes: int, layers: int = 30, heads: int = 3, head_dim: int = 64) -> dict[str, np.ndarray]:

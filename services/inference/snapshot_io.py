@@ -1,4 +1,4 @@
-"""A KV cache's arrays as snapshot TensorChunks (at most 1 MiB of data each) and back.
+"""Snapshot TensorChunks back into a KV cache's arrays (`services.common.tensor_chunks` cuts them).
 
 The first chunk of a tensor carries its numpy dtype and shape; `last` marks its final chunk. Reassembly checks every
 promise a chunk makes (known dtype, sizes that add up, no tensor sent twice or left unfinished) and raises `DataLoss`,
@@ -7,36 +7,10 @@ so a truncated or garbled stream never becomes a half-built cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 from haloweave.snapshot.v1 import snapshot_pb2
 
 from services.common.errors import DataLoss
-
-CHUNK_BYTES = 1024 * 1024
-
-
-def to_chunks(arrays: dict[str, np.ndarray], chunk_bytes: int = CHUNK_BYTES) -> Iterator[snapshot_pb2.TensorChunk]:
-    for name, array in arrays.items():
-        data = np.ascontiguousarray(array)
-        # Little-endian on the wire whatever the host, as the dtype string says.
-        data = data.astype(data.dtype.newbyteorder("<"), copy=False)
-        raw = data.tobytes()
-        dtype = data.dtype.str
-        shape = list(data.shape)
-        if not raw:
-            yield snapshot_pb2.TensorChunk(name=name, dtype=dtype, shape=shape, data=b"", last=True)
-            continue
-        for start in range(0, len(raw), chunk_bytes):
-            first = start == 0
-            yield snapshot_pb2.TensorChunk(
-                name=name,
-                dtype=dtype if first else "",
-                shape=shape if first else [],
-                data=raw[start : start + chunk_bytes],
-                last=start + chunk_bytes >= len(raw),
-            )
 
 
 class Assembler:

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from haloweave.snapshot.v1 import snapshot_pb2
 from haloweave.tracker.v1 import tracker_pb2
 
+from services.common import tensor_chunks
 from services.common.errors import DataLoss, FailedPrecondition
 from services.inference import snapshot_io
 from services.inference.clients import SnapshotClient, TrackerClient
@@ -69,7 +70,7 @@ class Snapshots:
         positions, token_ids = active(state)
         await asyncio.to_thread(self._settle, cache, positions, token_ids)
         arrays = await asyncio.to_thread(self.engine.export_cache, cache)
-        info = await self.client.save(self._header(session_id, state), snapshot_io.to_chunks(arrays))
+        info = await self.client.save(self._header(session_id, state), tensor_chunks.to_chunks(arrays))
         return info, len(positions)
 
     def _settle(self, cache: SessionCache, positions: list[int], token_ids: list[int]) -> None:
@@ -117,7 +118,7 @@ class Snapshots:
         """Saves the cache as it is (memory pressure); returns the snapshot id to bring it back with."""
         state = await self.tracker.export(session_id)
         arrays = await asyncio.to_thread(self.engine.export_cache, cache)
-        info = await self.client.save(self._header(session_id, state), snapshot_io.to_chunks(arrays))
+        info = await self.client.save(self._header(session_id, state), tensor_chunks.to_chunks(arrays))
         return info.snapshot_id
 
     async def bring_back(self, session_id: str, snapshot_id: str) -> SessionCache:

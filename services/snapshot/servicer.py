@@ -16,6 +16,7 @@ from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import handle_errors, handle_stream_errors
+from services.common.tensor_chunks import tensor_chunks
 from services.snapshot import metrics
 from services.snapshot.assembly import Assembler
 from services.snapshot.store import SnapshotStore
@@ -68,17 +69,7 @@ def load_stream(loaded: Loaded, chunk_bytes: int = CHUNK_BYTES) -> Iterator[snap
     """The header, then every tensor in chunks; dtype and shape ride on each tensor's first chunk."""
     yield snapshot_pb2.LoadResponse(header=header_to_pb(loaded.header))
     for tensor in loaded.tensors:
-        raw = tensor.array.reshape(-1).view("u1").data
-        starts = range(0, len(raw), chunk_bytes) if len(raw) else range(1)
-        for start in starts:
-            first = start == 0
-            chunk = snapshot_pb2.TensorChunk(
-                name=tensor.name,
-                dtype=tensor.dtype if first else "",
-                shape=list(tensor.shape) if first else [],
-                data=bytes(raw[start : start + chunk_bytes]),
-                last=start + chunk_bytes >= len(raw),
-            )
+        for chunk in tensor_chunks(tensor.name, tensor.array, chunk_bytes, dtype=tensor.dtype):
             yield snapshot_pb2.LoadResponse(chunk=chunk)
 
 

@@ -7,7 +7,8 @@ import pytest
 from haloweave.snapshot.v1 import snapshot_pb2
 
 from services.common.errors import DataLoss
-from services.inference.snapshot_io import Assembler, to_chunks
+from services.common.tensor_chunks import to_chunks
+from services.inference.snapshot_io import Assembler
 
 
 def arrays() -> dict[str, np.ndarray]:

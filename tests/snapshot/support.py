@@ -13,6 +13,7 @@ from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 
 from devstack.procs import Proc, free_port, python_module, wait_until
 from services.common.grpc_server import CHANNEL_OPTIONS
+from services.common.tensor_chunks import to_chunks
 from services.snapshot.crypto import MasterKey
 from services.snapshot.store import SnapshotStore
 from services.snapshot.tensors import Header, Info
@@ -133,18 +134,8 @@ def chunk_requests(
 ) -> Iterator[snapshot_pb2.SaveRequest]:
     """A Save stream as a worker sends it: the header, then every tensor in chunks."""
     yield snapshot_pb2.SaveRequest(header=header_pb(h))
-    for name, array in cache.items():
-        raw = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-        for start in range(0, max(len(raw), 1), chunk_bytes):
-            first = start == 0
-            chunk = snapshot_pb2.TensorChunk(
-                name=name,
-                dtype=array.dtype.str if first else "",
-                shape=list(array.shape) if first else [],
-                data=bytes(raw[start : start + chunk_bytes]),
-                last=start + chunk_bytes >= len(raw),
-            )
-            yield snapshot_pb2.SaveRequest(chunk=chunk)
+    for chunk in to_chunks(cache, chunk_bytes):
+        yield snapshot_pb2.SaveRequest(chunk=chunk)
 
 
 def stub(addr: str) -> snapshot_pb2_grpc.SnapshotStub:
