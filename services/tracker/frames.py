@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.common.errors import InvalidArgument
-from services.tracker.scoring import aggregate
+from services.tracker.scoring import mean_of_full
 
 # An `attention` event carries at most this many fp16 values (~170 KiB of base64): beyond that only the most recent
 # positions are included, which is what a visualisation of the newest step looks at.
@@ -54,12 +54,10 @@ def reduce_frame(
                 f"frame full_attention has {len(frame.full)} bytes; expected {expected} "
                 f"(fp16 [{frame.layers}, {frame.heads}, {ctx} active positions])"
             )
-        # fp16 bit patterns at or above 0x7C00 are infinities, NaNs or carry the sign bit: one integer max clears
-        # the common case; anything else gets the exact check (which lets -0.0 through).
-        if int(np.frombuffer(frame.full, dtype="<u2").max()) >= 0x7C00:
-            _check_values(np.frombuffer(frame.full, dtype="<f2"), "frame full_attention")
         tensor = np.frombuffer(frame.full, dtype="<f2").reshape(frame.layers, frame.heads, ctx)
-        vector = aggregate(tensor, "full")
+        vector, suspicious = mean_of_full(tensor)  # `full` is scored with the mean of all layers and heads
+        if suspicious:  # the common case never gets here: the mean's own pass found no pattern >= 0x7C00
+            _check_values(tensor, "frame full_attention")
         return vector, _attention_event(tensor, active_positions)
     if frame.attention.size != ctx:
         raise InvalidArgument(

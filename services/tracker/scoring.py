@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.common.errors import InvalidArgument
+from services.tracker import native
 
 F64 = NDArray[np.float64]
 
@@ -41,12 +42,8 @@ def single_threaded() -> None:
 
 
 def _torch_mean(rows: NDArray[np.float16]) -> NDArray[np.float32] | None:
-    """Column means of fp16 rows accumulated in float32 by one torch call (`mean(dtype=float32)`).
-
-    Measured on 28x28x500, interleaved: about 0.9x the time of `.float().mean()` (which first writes a 1.5 MB fp32
-    copy), and faster than a preallocated fp32 buffer, pairwise fp32 += fp16 slabs (casting adds are a slow path)
-    or numpy's `add.reduce(dtype=float32)` (software half conversion, about 4x slower).
-    """
+    """Column means of fp16 rows accumulated in float32 by one torch call (`mean(dtype=float32)`): the path when the
+    C kernel is unavailable (about twice its time on 28x28x500; numpy's half conversion is about 4x slower still)."""
     try:
         import torch
     except ImportError:  # pragma: no cover - see to_float32
@@ -54,6 +51,30 @@ def _torch_mean(rows: NDArray[np.float16]) -> NDArray[np.float32] | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(rows).mean(dim=0, dtype=torch.float32).numpy()  # type: ignore[no-any-return]
+
+
+# fp16 bit patterns at or above this are infinities, NaNs, or carry the sign bit.
+SUSPICIOUS_F16 = 0x7C00
+
+
+def mean_of_full(tensor: NDArray[np.float16]) -> tuple[NDArray[np.float32], bool]:
+    """The mean over layers and heads of an fp16 [layers, heads, ctx] tensor, and whether any value may be negative,
+    infinite or NaN (True asks the caller for the exact check; -0.0 also lands there and passes it).
+
+    One pass of the C kernel when it is built (convert, accumulate and find the largest bit pattern together);
+    otherwise an integer max and torch's mean.
+    """
+    layers, heads, ctx = tensor.shape
+    rows = np.ascontiguousarray(tensor).reshape(layers * heads, ctx)
+    if native.available():
+        sums, largest = native.column_sums_f16(rows.view(np.uint16))
+        sums /= np.float32(layers * heads)
+        return sums, largest >= SUSPICIOUS_F16
+    suspicious = int(rows.view(np.uint16).max()) >= SUSPICIOUS_F16
+    mean = _torch_mean(rows)
+    if mean is None:  # pragma: no cover - torch is a project dependency
+        mean = rows.astype(np.float32).mean(axis=0)
+    return mean, suspicious
 
 
 def aggregate(tensor: NDArray[np.floating], mode: str) -> NDArray[np.float32]:
@@ -65,9 +86,7 @@ def aggregate(tensor: NDArray[np.floating], mode: str) -> NDArray[np.float32]:
         raise InvalidArgument(f"attention tensor must be [layers, heads, ctx] and non-empty, got shape {tensor.shape}")
     layers, heads, ctx = tensor.shape
     if mode in ("mean", "full") and tensor.dtype == np.float16:
-        fast = _torch_mean(tensor.reshape(layers * heads, ctx))
-        if fast is not None:
-            return fast
+        return mean_of_full(tensor)[0]  # type: ignore[arg-type]
     x = to_float32(tensor)
     if mode in ("mean", "full"):
         # A matrix-vector product with equal weights: the BLAS path is faster than ndarray.mean over two axes.
@@ -162,6 +181,44 @@ def step_scores(
         gain *= boost
     gain *= attention  # float32 promoted to float64 element by element, as attention.astype(np.float64) would
     return _update_in_place(gain, scores, decay_mode, decay_rate)
+
+
+def update_active(
+    scores: F64,
+    positions: NDArray[np.int64],
+    active: NDArray[np.intp] | None,
+    attention: NDArray[np.floating],
+    *,
+    boost: float,
+    distance_mode: str,
+    min_distance: int,
+    distance_scale: float,
+    decay_mode: str,
+    decay_rate: float,
+) -> None:
+    """`scores[active] = step_scores(scores[active], positions[active], attention, ...)`, in place (every entry when
+    `active` is None). One pass of the C kernel when it is built: the same operations in the same order, so the same
+    numbers bit for bit as the numpy path, which runs otherwise."""
+    count = len(positions) if active is None else len(active)
+    if count and decay_mode in native.DECAY_MODES and native.available():
+        first, last = (0, count - 1) if active is None else (int(active[0]), int(active[-1]))
+        table = _weights_table(distance_mode, min_distance, distance_scale, int(positions[last] - positions[first]))
+        if attention.dtype != np.float32 or not attention.flags.c_contiguous:
+            attention = np.ascontiguousarray(attention, dtype=np.float32)
+        native.score_step(scores, positions, active, attention, table, boost, decay_mode, decay_rate)  # type: ignore[arg-type]
+        return
+    settings = dict(
+        boost=boost,
+        distance_mode=distance_mode,
+        min_distance=min_distance,
+        distance_scale=distance_scale,
+        decay_mode=decay_mode,
+        decay_rate=decay_rate,
+    )
+    if active is None:
+        scores[:] = step_scores(scores, positions, attention, **settings)  # type: ignore[arg-type]
+    else:
+        scores[active] = step_scores(scores[active], positions[active], attention, **settings)  # type: ignore[arg-type]
 
 
 def _update_in_place(gain: F64, scores: F64, decay_mode: str, decay_rate: float) -> F64:

@@ -36,6 +36,7 @@ ARRAYS: dict[str, str] = {
     "deleted": "u1",
     "score": "<f8",
 }
+_ARRAY_DTYPES = tuple((name, np.dtype(dtype)) for name, dtype in ARRAYS.items())
 APPEND_ONLY = ("pos", "tid", "turn", "sent", "gsent", "role", "closes")
 
 
@@ -144,6 +145,14 @@ class Draft:
             arrays[name] = columns.extend(arrays[name], np.asarray(new[name], dtype=dtype))
         self.appended += len(texts)
         self.texts.extend(texts)
+
+    def append_entry(self, values: tuple[Any, ...], text: str) -> None:
+        """One entry: a value per array, in ARRAYS order."""
+        arrays = self.state.arrays
+        for (name, dtype), value in zip(_ARRAY_DTYPES, values, strict=True):
+            arrays[name] = columns.extend(arrays[name], np.array((value,), dtype=dtype))
+        self.appended += 1
+        self.texts.append(text)
 
     def set_array(self, name: str, values: NDArray[Any]) -> None:
         self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])

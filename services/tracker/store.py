@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from services.common import events, keys
 from services.common.errors import NotFound
@@ -122,7 +122,6 @@ def _all_keys(session_id: str) -> tuple[bytes, ...]:
 class Store:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._commit = redis.register_script(COMMIT_LUA)
         self._sha: str | None = None
 
     async def exists(self, session_id: str) -> bool:
@@ -182,36 +181,70 @@ class Store:
         argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
         for event_type, data in draft.events:
             argv.extend(_encode_event(event_type, data))
-        if staged:
-            result = await self._staged_commit(staged, _all_keys(state.session_id), argv)
-        else:
-            result = int(await self._commit(keys=_all_keys(state.session_id), args=argv))
+        result = await self._send_commit(staged, _all_keys(state.session_id), argv)
         if result == CONFLICT:
             state.meta.version = draft.base_version
             return None
         return result
 
-    async def _staged_commit(
-        self, staged: list[tuple[str, bytes]], all_keys: tuple[bytes, ...], argv: list[Any]
-    ) -> int:
-        """MULTI/EXEC: the staged SETs and the script run together or not at all.
+    async def _send_commit(self, staged: list[tuple[str, bytes]], all_keys: tuple[bytes, ...], argv: list[Any]) -> int:
+        """One write, one round trip: EVALSHA, wrapped in MULTI/EXEC with the staged SETs when there are any (they
+        and the script run together or not at all).
 
-        EVALSHA is queued by hand: a pipeline holding a Script object asks SCRIPT EXISTS first, an extra round trip
-        per step. After a Redis restart the script is gone (NOSCRIPT): load it and try once more.
+        The commands are packed here and sent on a connection taken from the client's pool: redis-py's pipeline
+        machinery (per-argument encoding, a command stack, reply bookkeeping) cost about as much as the round trip
+        itself. After a Redis restart the script is gone (NOSCRIPT): load it and try once more.
         """
         for attempt in (0, 1):
             if self._sha is None or attempt:
                 self._sha = str(await self.redis.script_load(COMMIT_LUA))
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    for key, blob in staged:
-                        pipe.set(key, blob)
-                    pipe.evalsha(self._sha, len(all_keys), *all_keys, *argv)
-                    return int((await pipe.execute())[-1])
-            except NoScriptError:
-                if attempt:
-                    raise
+            script = _command(b"EVALSHA", self._sha, len(all_keys), *all_keys, *argv)
+            if staged:
+                sets = [_command(b"SET", key, blob) for key, blob in staged]
+                replies = await self._round_trip([_command(b"MULTI"), *sets, script, _command(b"EXEC")])
+                queued, outcome = replies[1:-1], replies[-1]
+                failed = next((r for r in queued if isinstance(r, Exception)), None)
+                if failed is None and isinstance(outcome, list):
+                    failed = next((r for r in outcome if isinstance(r, Exception)), None)
+                    if failed is None:
+                        return int(outcome[-1])
+                error = failed or ResponseError(f"transaction aborted: {outcome!r}")
+            else:
+                error = (await self._round_trip([script]))[0]
+                if not isinstance(error, Exception):
+                    return int(error)
+            if not isinstance(error, NoScriptError) or attempt:
+                raise error
         raise AssertionError("unreachable")
+
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
+        """Sends packed commands in one write and reads one reply per command; error replies are returned, not
+        raised. A connection interrupted half-way (a cancelled step, a timeout) is closed, never reused."""
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(b"".join(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
+
+def _command(*args: Any) -> bytes:
+    """A command in the Redis protocol (RESP): an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
 
 
 def _encode_event(event_type: str, data: dict[str, Any]) -> list[Any]:

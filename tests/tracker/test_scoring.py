@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.tracker import scoring
+from services.tracker import native, scoring
 from services.tracker.settings import Settings
 
 D = np.array([0, 19, 20, 30, 120], dtype=np.int64)
@@ -82,3 +82,34 @@ def test_settings_defaults_and_validation() -> None:
     ):
         with pytest.raises(InvalidArgument):
             s.updated(bad)
+
+
+def test_without_the_c_kernels_the_fallback_paths_give_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    tensor = (rng.random((3, 4, 50)) ** 4).astype(np.float16)
+    positions = np.arange(0, 100, 2, dtype=np.int64)
+    scores = rng.random(50)
+    attention = rng.random(40, dtype=np.float32)
+    active = np.sort(rng.choice(50, 40, replace=False)).astype(np.int64)
+    settings = dict(
+        boost=1.5,
+        distance_mode="logarithmic",
+        min_distance=3,
+        distance_scale=4.0,
+        decay_mode="additive",
+        decay_rate=0.01,
+    )
+    results = []
+    for available in (True, False):
+        monkeypatch.setattr(native, "available", lambda available=available: available)
+        mean, suspicious = scoring.mean_of_full(tensor)
+        updated = scores.copy()
+        scoring.update_active(updated, positions, active, attention, **settings)  # type: ignore[arg-type]
+        results.append((mean, suspicious, updated))
+    (fast_mean, fast_flag, fast_scores), (slow_mean, slow_flag, slow_scores) = results
+    np.testing.assert_allclose(fast_mean, slow_mean, rtol=1e-6)
+    assert fast_flag is slow_flag is False
+    assert fast_scores.tobytes() == slow_scores.tobytes()
+    negative = tensor.copy()
+    negative[0, 0, 0] = -1.0
+    assert scoring.mean_of_full(negative)[1] is True

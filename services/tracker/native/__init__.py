@@ -1,0 +1,170 @@
+"""The tracker's C kernels (kernels.c), built once into a shared library and called through ctypes.
+
+`python -m services.tracker.native` builds the library (scripts/setup.sh and the tracker image do this); a process
+that finds no library builds it on first use when a C compiler is present. The file name carries a hash of the
+source, so an edited kernel is rebuilt, never mixed up with an old build. Without a compiler or library everything
+still works: `available()` is False and callers take their numpy/torch paths (slower, the same results).
+
+HALOWEAVE_NATIVE_CACHE overrides where the library lives (default `.cache/native` in the repository).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# No fast-math and no FMA contraction: the score update must round exactly as numpy's separate operations do.
+CFLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std=c11")
+DECAY_MODES = {"additive": 0, "exponential": 1, "none": 2}
+
+_lib: ctypes.CDLL | None = None
+_loaded = False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HALOWEAVE_NATIVE_CACHE", REPO_ROOT / ".cache" / "native"))
+
+
+def library_path() -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    return cache_dir() / f"tracker_kernels_{digest}.so"
+
+
+def build() -> Path:
+    """Compiles kernels.c (atomically: a concurrent builder never sees half a file). Raises if no compiler works."""
+    target = library_path()
+    if target.exists():
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (cc or gcc; set CC)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        partial = Path(scratch) / target.name
+        subprocess.run([compiler, *CFLAGS, "-o", str(partial), str(SOURCE)], check=True, capture_output=True)
+        os.replace(partial, target)
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _loaded
+    if _loaded:
+        return _lib
+    _loaded = True
+    try:
+        path = library_path()
+        if not path.exists():
+            path = build()
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.decode(errors="replace") if isinstance(exc, subprocess.CalledProcessError) else exc
+        log.warning("tracker C kernels unavailable (%s); using the numpy/torch paths", detail)
+        return None
+    size, pointer = ctypes.c_size_t, ctypes.c_void_p
+    lib.hw_colsum_f16.restype = ctypes.c_uint16
+    lib.hw_colsum_f16.argtypes = [pointer, size, size, pointer]
+    lib.hw_colsum_f16_portable.restype = ctypes.c_uint16
+    lib.hw_colsum_f16_portable.argtypes = [pointer, size, size, pointer]
+    lib.hw_colsum_vectorised.restype = ctypes.c_int
+    lib.hw_colsum_vectorised.argtypes = []
+    lib.hw_score_step.restype = ctypes.c_int
+    lib.hw_score_step.argtypes = [
+        pointer, pointer, pointer, size, pointer, pointer, size,
+        ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_double,
+    ]  # fmt: skip
+    _lib = lib
+    return lib
+
+
+def available() -> bool:
+    return _load() is not None
+
+
+def vectorised() -> bool:
+    """Whether the fp16 sums use the CPU's conversion instructions (AVX2 + F16C) rather than the portable loop."""
+    lib = _load()
+    return lib is not None and bool(lib.hw_colsum_vectorised())
+
+
+def column_sums_f16(rows: NDArray[np.uint16], portable: bool = False) -> tuple[NDArray[np.float32], int]:
+    """Column sums in float32 of a C-contiguous [rows, cols] array of fp16 bit patterns, and the largest pattern.
+
+    The largest pattern validates in the same pass: values are finite and non-negative iff it is below 0x7C00.
+    `portable` forces the plain C loop (tests compare it with the vector one).
+    """
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("tracker C kernels are not available")
+    if rows.ndim != 2 or rows.dtype != np.uint16 or not rows.flags.c_contiguous:
+        raise ValueError("column_sums_f16 needs a C-contiguous 2-D uint16 array")
+    out = np.empty(rows.shape[1], dtype=np.float32)
+    kernel = lib.hw_colsum_f16_portable if portable else lib.hw_colsum_f16
+    largest = kernel(rows.ctypes.data, rows.shape[0], rows.shape[1], out.ctypes.data)
+    return out, int(largest)
+
+
+def score_step(
+    scores: NDArray[np.float64],
+    positions: NDArray[np.int64],
+    active: NDArray[np.intp] | None,
+    attention: NDArray[np.float32],
+    table: NDArray[np.float64],
+    boost: float,
+    decay_mode: str,
+    decay_rate: float,
+) -> None:
+    """Updates scores[active] in place (all of them when `active` is None); see hw_score_step in kernels.c."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("tracker C kernels are not available")
+    count = len(positions) if active is None else len(active)
+    if attention.dtype != np.float32 or len(attention) != count or not attention.flags.c_contiguous:
+        raise ValueError("attention must be a contiguous float32 vector with one value per active entry")
+    for array, dtype in ((scores, np.float64), (positions, np.int64), (table, np.float64)):
+        if array.dtype != dtype or not array.flags.c_contiguous:
+            raise ValueError(f"score_step needs contiguous {np.dtype(dtype).name} arrays")
+    if active is not None and (active.dtype != np.int64 or not active.flags.c_contiguous):
+        raise ValueError("active must be a contiguous int64 index")
+    status = lib.hw_score_step(
+        scores.ctypes.data,
+        positions.ctypes.data,
+        None if active is None else active.ctypes.data,
+        count,
+        attention.ctypes.data,
+        table.ctypes.data,
+        len(table),
+        int(boost != 1.0),
+        boost,
+        DECAY_MODES.get(decay_mode, -1),
+        decay_rate,
+    )
+    if status == -1:
+        raise ValueError(f"unknown decay mode {decay_mode!r}")
+    if status == -2:
+        raise ValueError("a distance is beyond the weights table")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = build()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.decode(errors="replace") if isinstance(exc, subprocess.CalledProcessError) else exc
+        print(f"tracker C kernels not built: {detail}", file=sys.stderr)
+        return 1
+    print(f"tracker C kernels: {path} (fp16 sums vectorised: {vectorised()})")
+    return 0
