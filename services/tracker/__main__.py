@@ -35,7 +35,8 @@ async def serve(cfg: TrackerConfig) -> None:
     scoring.single_threaded()
     redis = Redis.from_url(cfg.redis_url)
     await redis.ping()  # fail at start-up, not on the first request
-    engine = Engine(Store(redis), template, cfg.model_path.name, model_store.tokenizer_fingerprint(cfg.model_path))
+    store = Store(redis)
+    engine = Engine(store, template, cfg.model_path.name, model_store.tokenizer_fingerprint(cfg.model_path))
     if not native.available():
         log.warning("serving without the C kernels: fp16 aggregation and score updates take their slower paths")
     # The tokenizer and libraries leave a few hundred thousand long-lived objects: moved out of the collector's
@@ -50,6 +51,7 @@ async def serve(cfg: TrackerConfig) -> None:
     await stop.wait()
     log.info("stopping")
     await server.stop(grace=5.0)
+    await store.aclose()
     await redis.aclose()
 
 

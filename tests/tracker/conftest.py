@@ -33,13 +33,17 @@ EngineFactory = Callable[[], Awaitable[Engine]]
 async def make_engine(redis_url: str, template: ChatTemplate) -> AsyncIterator[EngineFactory]:
     """Each call is a separate engine (its own cache and connection), like a separate replica."""
     clients: list[Redis] = []
+    stores: list[Store] = []
 
     async def make() -> Engine:
         client = Redis.from_url(redis_url)
         clients.append(client)
-        return Engine(Store(client), template, "smollm2-135m-instruct", "test")
+        stores.append(Store(client))
+        return Engine(stores[-1], template, "smollm2-135m-instruct", "test")
 
     yield make
+    for store in stores:
+        await store.aclose()
     for client in clients:
         await client.aclose()
 

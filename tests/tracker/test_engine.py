@@ -311,3 +311,18 @@ async def test_large_rewrites_are_staged_and_dropped_on_conflict(make_engine: En
     draft_c.set_array("score", np.full(state.size, 3.5))
     assert await store.commit(draft_c) is not None
     assert ((await engine.session(sid)).arrays["score"] == 3.5).all()
+
+
+async def test_commits_survive_the_server_closing_their_connections(make_engine: EngineFactory, redis: Redis) -> None:
+    """As after a Redis restart: the idle commit connections are dead; the next commit opens a new one, once."""
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "")).session_id
+    await engine.append_message(sid, "user", "Before.")
+    idle = engine.store._idle  # the store's commit connections, to close from the server's side
+    assert idle
+    for connection in idle:
+        host, port = connection._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+        await redis.client_kill_filter(addr=f"{host}:{port}")
+    _, first, last = await engine.append_message(sid, "user", "After.")
+    state = await engine.session(sid)
+    assert state.arrays["pos"][-1] == last and last >= first
