@@ -14,6 +14,7 @@ from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 from devstack.procs import Proc, free_port, python_module, wait_until
 from services.common.grpc_server import CHANNEL_OPTIONS
 from services.common.tensor_chunks import to_chunks
+from services.inference import snapshot_io
 
 MODEL = "SmolLM2-135M-Instruct"
 FINGERPRINT = "bench"
@@ -64,21 +65,12 @@ class Service:
         request = snapshot_pb2.LoadRequest(
             session_id=session_id, snapshot_id=snapshot_id, model=MODEL, dtype=dtype, tokenizer_fingerprint=FINGERPRINT
         )
-        arrays: dict[str, np.ndarray] = {}
-        target = memoryview(b"")
-        filled = 0
+        # Reassembled as the inference worker does it (checked, filled in place).
+        assembler = snapshot_io.Assembler()
         for response in self.stub.Load(request):
-            if response.HasField("header"):
-                continue
-            chunk = response.chunk
-            if chunk.dtype:  # a tensor's first chunk: allocate it once, then fill in place
-                array = np.empty(list(chunk.shape), dtype=np.dtype(chunk.dtype))
-                arrays[chunk.name] = array
-                target = memoryview(array.reshape(-1).view(np.uint8))
-                filled = 0
-            target[filled : filled + len(chunk.data)] = chunk.data
-            filled += len(chunk.data)
-        return arrays
+            if not response.HasField("header"):
+                assembler.add(response.chunk)
+        return assembler.arrays()
 
     def delete(self, session_id: str, snapshot_id: str) -> None:
         self.stub.Delete(snapshot_pb2.DeleteRequest(session_id=session_id, snapshot_id=snapshot_id))

@@ -16,11 +16,10 @@ from haloweave.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import handle_errors, handle_stream_errors
-from services.common.tensor_chunks import tensor_chunks
+from services.common.tensor_chunks import Assembler, tensor_chunks
 from services.snapshot import metrics
-from services.snapshot.assembly import Assembler
 from services.snapshot.store import SnapshotStore
-from services.snapshot.tensors import Header, Info, Loaded
+from services.snapshot.tensors import Header, Info, Loaded, numpy_dtype
 
 # Bytes of tensor data per Load message. Measured here: protobuf building and serialising messages of several MiB is
 # many times slower per byte than at a few hundred KiB (large allocations), so smaller messages stream faster.
@@ -97,7 +96,7 @@ class SnapshotServicer(snapshot_pb2_grpc.SnapshotServicer):
         if first is None or not first.HasField("header"):
             raise InvalidArgument("a Save stream starts with its header")
         session = await asyncio.to_thread(self.store.begin, header_from_pb(first.header))
-        assembler = Assembler()
+        assembler = Assembler(InvalidArgument, numpy_dtype)
         try:
             async for request in requests:
                 if not request.HasField("chunk"):
