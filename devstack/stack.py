@@ -20,6 +20,7 @@ from services.common.grpc_server import check_health
 
 # Generous: the inference service loads the model and starts Ray, which takes tens of seconds on a busy 2-core machine.
 START_TIMEOUTS = {"tracker": 90.0, "snapshot": 60.0, "inference": 240.0, "gateway": 60.0}
+SERVICES = ("tracker", "snapshot", "inference", "gateway")  # in start order
 
 
 def grpc_healthy(address: str) -> bool:
@@ -48,9 +49,15 @@ class Ports:
 
 @dataclass
 class Stack:
-    """Starts everything on enter, stops everything (by pid, in reverse order) on exit."""
+    """Starts everything on enter, stops everything (by pid, in reverse order) on exit.
+
+    `services` starts a subset (benchmarks and tests of one service); the others' addresses then point at ports nobody
+    listens on. `redis_url_override` uses a Redis that is already running instead of starting one.
+    """
 
     workdir: Path
+    services: tuple[str, ...] = SERVICES
+    redis_url_override: str | None = None
     workers: int = 1
     snapshot_url: str | None = None
     env: dict[str, str] | None = None
@@ -62,7 +69,7 @@ class Stack:
     # ---- addresses ------------------------------------------------------------------------------------------------
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports.redis}/0"
+        return self.redis_url_override or f"redis://127.0.0.1:{self.ports.redis}/0"
 
     @property
     def tracker_addr(self) -> str:
@@ -136,19 +143,30 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "ray").mkdir(exist_ok=True)
         try:
-            self.procs["redis"] = start_redis(
-                self.workdir / "redis",
-                self.ports.redis,
-                self.workdir / "logs" / "redis.log",
-                appendonly=self.redis_appendonly,
-            )
-            self._say(f"redis     ready on port {self.ports.redis} (pid {self.procs['redis'].pid})")
-            self._start("tracker", self.tracker_addr, START_TIMEOUTS["tracker"])
-            self._start("snapshot", self.snapshot_addr, START_TIMEOUTS["snapshot"])
-            self._say("inference loading the model and starting Ray (first start takes a while)...")
-            self._start("inference", self.inference_addr, START_TIMEOUTS["inference"])
-            self._start("gateway", f"{self.gateway_url}/healthz", START_TIMEOUTS["gateway"])
-            wait_until(lambda: http_ok(f"{self.gateway_url}/readyz"), 60, "gateway /readyz", self.procs["gateway"])
+            unknown = set(self.services) - set(SERVICES)
+            if unknown:
+                raise ValueError(f"unknown services {sorted(unknown)}; known: {', '.join(SERVICES)}")
+            if self.redis_url_override is None:
+                self.procs["redis"] = start_redis(
+                    self.workdir / "redis",
+                    self.ports.redis,
+                    self.workdir / "logs" / "redis.log",
+                    appendonly=self.redis_appendonly,
+                )
+                self._say(f"redis     ready on port {self.ports.redis} (pid {self.procs['redis'].pid})")
+            checks = {
+                "tracker": self.tracker_addr,
+                "snapshot": self.snapshot_addr,
+                "inference": self.inference_addr,
+                "gateway": f"{self.gateway_url}/healthz",
+            }
+            for name in SERVICES:
+                if name in self.services:
+                    if name == "inference":
+                        self._say("inference loading the model and starting Ray (first start takes a while)...")
+                    self._start(name, checks[name], START_TIMEOUTS[name])
+            if set(self.services) == set(SERVICES):  # /readyz needs every dependency up
+                wait_until(lambda: http_ok(f"{self.gateway_url}/readyz"), 60, "gateway /readyz", self.procs["gateway"])
         except BaseException:
             self.stop()
             raise

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from devstack.procs import Proc, free_port, python_module, wait_until
-from services.common.grpc_server import check_health
+from devstack.procs import Proc
+from devstack.stack import Stack
 
 # A database of its own: other test modules flush db 0 between their tests.
 GATEWAY_DB = 5
@@ -40,36 +39,20 @@ def gateway_redis_url(redis_server: tuple[Proc, str]) -> str:
 
 @pytest.fixture(scope="module")
 def tracker_addr(gateway_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    addr = f"127.0.0.1:{free_port()}"
-    env = {
-        "HALOWEAVE_REDIS_URL": gateway_redis_url,
-        "HALOWEAVE_TRACKER_LISTEN": addr,
-        "HALOWEAVE_TRACKER_METRICS_PORT": str(free_port()),
-    }
-    logs = tmp_path_factory.mktemp("tracker")
-    proc = Proc("tracker", python_module("services.tracker"), env, logs / "tracker.log")
-    try:
-        wait_until(lambda: asyncio.run(check_health(addr)), 90, "tracker health", proc)
-        yield addr
-    finally:
-        proc.stop()
+    stack = Stack(tmp_path_factory.mktemp("tracker"), services=("tracker",), redis_url_override=gateway_redis_url)
+    with stack:
+        yield stack.tracker_addr
 
 
 def start_gateway(redis_url: str, tracker: str, workdir: Path, **limits: str) -> Gateway:
-    port = free_port()
+    """A gateway of its own (tests vary its limits) on the shared tracker; snapshot and inference are not running."""
     env = {
-        "HALOWEAVE_REDIS_URL": redis_url,
         "HALOWEAVE_TRACKER_ADDR": tracker,
-        "HALOWEAVE_SNAPSHOT_ADDR": f"127.0.0.1:{free_port()}",
-        "HALOWEAVE_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
-        "HALOWEAVE_GATEWAY_PORT": str(port),
         "HALOWEAVE_GATEWAY_JOB_TIMEOUT_S": "2",
         **{f"HALOWEAVE_GATEWAY_{name.upper()}": value for name, value in limits.items()},
     }
-    proc = Proc("gateway", python_module("services.gateway"), env, workdir / f"gateway-{port}.log")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, 60, "gateway /healthz", proc)
-    return Gateway(url, f"ws://127.0.0.1:{port}/v1/chat", redis_url, proc)
+    stack = Stack(workdir, services=("gateway",), redis_url_override=redis_url, env=env).start()
+    return Gateway(stack.gateway_url, stack.ws_url, redis_url, stack.procs["gateway"])
 
 
 @pytest.fixture(scope="module")
