@@ -120,7 +120,11 @@ class SessionState:
 
     def draft(self) -> Draft:
         return Draft(
-            SessionState(self.session_id, dataclasses.replace(self.meta), self.settings, dict(self.arrays)),
+            # The active-index memo travels along: it is keyed by the deletion array's identity, which a draft keeps
+            # until it prunes.
+            SessionState(
+                self.session_id, dataclasses.replace(self.meta), self.settings, dict(self.arrays), self._active
+            ),
             base_version=self.meta.version,
             base_meta=self.meta,
         )
