@@ -85,10 +85,11 @@ class Engine:
                 raise EngineInputError(f"evict: position {p} is not in the cache")
             drop.add(index[p])
         keep = [i for i in range(len(cache)) if i not in drop]
-        slots = torch.tensor(keep, dtype=torch.long, device=self._device)
+        first = min(drop)  # slots before the first dropped one stay put: only the rest is moved
+        slots = torch.tensor(keep[first:], dtype=torch.long, device=self._device)
         with torch.inference_mode():  # the buffers are inference tensors: only written to in this mode
             for layer in cache.layers:
-                layer.keep(slots)
+                layer.keep(slots, first)
         cache.positions = [cache.positions[i] for i in keep]
         cache.token_ids = [cache.token_ids[i] for i in keep]
 

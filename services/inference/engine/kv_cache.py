@@ -64,15 +64,16 @@ class SlotLayer(DynamicLayer):
         self.keys, self.values = self._key_buf[:, :, : n + m], self._value_buf[:, :, : n + m]
         return self.keys, self.values
 
-    def keep(self, slots: torch.Tensor) -> None:
-        """Compacts the listed slots (ascending) to the front, in place; the rest are dropped."""
+    def keep(self, slots: torch.Tensor, start: int = 0) -> None:
+        """Compacts the listed slots (ascending, all >= `start`) to `start` onwards, in place; slots before `start`
+        stay where they are and the rest are dropped. Only the part from the first dropped slot moves."""
         if self._key_buf is None or self._value_buf is None:
             return
-        k = int(slots.numel())
+        end = start + int(slots.numel())
         # index_select makes the survivors' copy first, so the overlapping in-place write is safe.
-        self._key_buf[:, :, :k] = self._key_buf[:, :, : self.length].index_select(2, slots)
-        self._value_buf[:, :, :k] = self._value_buf[:, :, : self.length].index_select(2, slots)
-        self.keys, self.values = self._key_buf[:, :, :k], self._value_buf[:, :, :k]
+        self._key_buf[:, :, start:end] = self._key_buf[:, :, : self.length].index_select(2, slots)
+        self._value_buf[:, :, start:end] = self._value_buf[:, :, : self.length].index_select(2, slots)
+        self.keys, self.values = self._key_buf[:, :, :end], self._value_buf[:, :, :end]
 
     def truncate(self, length: int) -> None:
         """Drops slots from `length` on (used to undo a forward that failed half-way)."""
