@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from services.tracker import columns, pruning, scoring, segmentation
+from services.tracker import columns, native, pruning, scoring, segmentation
 from services.tracker.state import ROLE_CODES, Draft
 
 # A brightness event carries at most this many positions. When more scores changed, half the slots go to the largest
@@ -153,17 +153,24 @@ def prune(draft: Draft) -> Pruned:
     active = state.active_index()
     if budget <= 0 or len(active) <= budget:
         return Pruned([], 0)
-    arrays = state.arrays
-    keys = arrays["gsent"][active]
-    chosen = pruning.choose(len(active), budget, keys, arrays["score"][active], ~protected_mask(draft, active))
+    arrays, meta = state.arrays, state.meta
+    if native.available():
+        _, maxima, firsts, sizes = native.sentence_runs(
+            active, arrays["gsent"], arrays["score"], arrays["role"], arrays["turn"], meta.last_user_turn, meta.gen_turn
+        )
+    else:
+        _, maxima, firsts, sizes = pruning.runs(
+            arrays["gsent"][active], arrays["score"][active], ~protected_mask(draft, active)
+        )
+    chosen = pruning.pick(len(active), budget, maxima, sizes)
     if not chosen:
         return Pruned([], 0)
     deleted = columns.copy(arrays["deleted"])
     all_positions: list[int] = []
-    for key in chosen:
-        members = active[keys == key]
+    for run in chosen:
+        members = active[firsts[run] : firsts[run] + sizes[run]]
         deleted[members] = 1
-        positions = [int(p) for p in arrays["pos"][members]]
+        positions = arrays["pos"][members].tolist()
         all_positions.extend(positions)
         draft.emit(
             "pruned",

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.tracker import native, scoring
+from services.tracker import native, pruning, scoring
 from services.tracker.frames import FrameInput, reduce_frame
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the numpy paths are tested elsewhere")
@@ -109,3 +109,22 @@ def test_score_update_is_bit_identical_to_numpy(
     got = scores.copy()
     scoring.update_active(got, positions, active, attention, **settings_)  # type: ignore[arg-type]
     assert got.tobytes() == expected.tobytes()  # bit for bit, -0.0 included
+
+
+@settings(deadline=None, max_examples=80)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 200), gen_turn=st.sampled_from([-1, 3]))
+def test_sentence_runs_match_numpy(seed: int, size: int, gen_turn: int) -> None:
+    rng = np.random.default_rng(seed)
+    # Turns of a few sentences each; sentence keys grow along positions; a sentence never spans two turns.
+    turn = np.sort(rng.integers(0, 6, size)).astype(np.int32)
+    new_sentence = np.r_[True, (rng.random(size - 1) < 0.3) | (turn[1:] != turn[:-1])]
+    keys = (np.cumsum(new_sentence) - 1).astype(np.int64)
+    role = np.where(turn == 0, 0, np.where(turn % 2 == 1, 1, 2)).astype(np.uint8)
+    scores = rng.random(size) * rng.choice([0.0, 1.0])
+    active = np.flatnonzero(rng.random(size) < 0.8).astype(np.int64)
+    last_user_turn = 5
+    got = native.sentence_runs(active, keys, scores, role, turn, last_user_turn, gen_turn)
+    protected = (role[active] == 0) | (turn[active] == last_user_turn) | ((turn[active] == gen_turn) & (gen_turn >= 0))
+    expected = pruning.runs(keys[active], scores[active], ~protected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)

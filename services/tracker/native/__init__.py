@@ -86,6 +86,11 @@ def _load() -> ctypes.CDLL | None:
         pointer, pointer, pointer, size, pointer, pointer, size,
         ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_double,
     ]  # fmt: skip
+    lib.hw_sentence_runs.restype = ctypes.c_int64
+    lib.hw_sentence_runs.argtypes = [
+        pointer, size, pointer, pointer, pointer, pointer, ctypes.c_int32, ctypes.c_int32,
+        pointer, pointer, pointer, pointer,
+    ]  # fmt: skip
     _lib = lib
     return lib
 
@@ -156,6 +161,41 @@ def score_step(
         raise ValueError(f"unknown decay mode {decay_mode!r}")
     if status == -2:
         raise ValueError("a distance is beyond the weights table")
+
+
+def sentence_runs(
+    active: NDArray[np.int64],
+    keys: NDArray[np.int64],
+    scores: NDArray[np.float64],
+    role: NDArray[np.uint8],
+    turn: NDArray[np.int32],
+    last_user_turn: int,
+    gen_turn: int,
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+    """The prunable sentences among the active entries: (keys, maxima, first index into `active`, sizes), oldest
+    first; see hw_sentence_runs in kernels.c."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("tracker C kernels are not available")
+    for array, dtype in (
+        (active, np.int64),
+        (keys, np.int64),
+        (scores, np.float64),
+        (role, np.uint8),
+        (turn, np.int32),
+    ):
+        if array.dtype != dtype or not array.flags.c_contiguous:
+            raise ValueError(f"sentence_runs needs contiguous {np.dtype(dtype).name} arrays")
+    count = len(active)
+    run_key = np.empty(count, dtype=np.int64)
+    run_max = np.empty(count, dtype=np.float64)
+    run_first = np.empty(count, dtype=np.int64)
+    run_size = np.empty(count, dtype=np.int64)
+    runs = lib.hw_sentence_runs(
+        active.ctypes.data, count, keys.ctypes.data, scores.ctypes.data, role.ctypes.data, turn.ctypes.data,
+        last_user_turn, gen_turn, run_key.ctypes.data, run_max.ctypes.data, run_first.ctypes.data, run_size.ctypes.data,
+    )  # fmt: skip
+    return run_key[:runs], run_max[:runs], run_first[:runs], run_size[:runs]
 
 
 def main() -> int:

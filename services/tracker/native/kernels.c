@@ -177,3 +177,39 @@ int hw_score_step(double *scores, const int64_t *positions, const int64_t *activ
     }
     return 0;
 }
+
+/* ---- pruning: the prunable sentences among the active entries ---------------------------------------------------- */
+
+/* One pass over the active entries (indices into the per-token arrays, ascending): every run of consecutive entries
+ * that share a sentence key and are prunable (not a system turn, not the latest user turn, not the reply being
+ * generated) becomes one output row: its key, its largest score, the index in `active` of its first entry, and its
+ * size. A sentence lies within one turn, so its entries are all prunable or all protected, and contiguous.
+ * Returns the number of runs (the outputs must hold `count` rows). */
+int64_t hw_sentence_runs(const int64_t *active, size_t count, const int64_t *keys, const double *scores,
+                         const uint8_t *role, const int32_t *turn, int32_t last_user_turn, int32_t gen_turn,
+                         int64_t *run_key, double *run_max, int64_t *run_first, int64_t *run_size) {
+    int64_t runs = -1;
+    int have = 0;
+    int64_t current = 0;
+    for (size_t k = 0; k < count; k++) {
+        int64_t i = active[k];
+        if (role[i] == 0 || turn[i] == last_user_turn || (gen_turn >= 0 && turn[i] == gen_turn)) {
+            have = 0;
+            continue;
+        }
+        double score = scores[i];
+        if (!have || keys[i] != current) {
+            runs++;
+            current = keys[i];
+            have = 1;
+            run_key[runs] = current;
+            run_max[runs] = score;
+            run_first[runs] = (int64_t)k;
+            run_size[runs] = 1;
+        } else {
+            if (score > run_max[runs] || score != score) run_max[runs] = score; /* NaN propagates, as np.maximum */
+            run_size[runs]++;
+        }
+    }
+    return runs + 1;
+}
