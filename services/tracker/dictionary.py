@@ -167,9 +167,11 @@ def prune(draft: Draft) -> Pruned:
         return Pruned([], 0)
     deleted = columns.copy(arrays["deleted"])
     all_positions: list[int] = []
+    entries: list[NDArray[np.intp]] = []
     for run in chosen:
         members = active[firsts[run] : firsts[run] + sizes[run]]
         deleted[members] = 1
+        entries.append(members)
         positions = arrays["pos"][members].tolist()
         all_positions.extend(positions)
         draft.emit(
@@ -180,7 +182,7 @@ def prune(draft: Draft) -> Pruned:
                 "sentence_id": int(arrays["sent"][members[0]]),
             },
         )
-    draft.set_array("deleted", deleted)
+    draft.patch_array("deleted", deleted, np.sort(np.concatenate(entries)))
     state.meta.pruned_tokens += len(all_positions)
     state.meta.pruned_sentences += len(chosen)
     all_positions.sort()

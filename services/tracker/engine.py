@@ -111,7 +111,8 @@ class Engine:
                     raise
                 fresh = True  # the refusal may come from a stale cache: decide again on what Redis holds
                 continue
-            if not draft.events and not draft.appended and not draft.rewritten and draft.state.meta == state.meta:
+            unchanged = not (draft.events or draft.appended or draft.rewritten or draft.patched)
+            if unchanged and draft.state.meta == state.meta:
                 return result, state  # nothing to write (a read, or a no-op)
             if await self.store.commit(draft, replace=replace) is not None:
                 self._remember(draft.state)

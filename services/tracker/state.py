@@ -140,6 +140,9 @@ class Draft:
     appended: int = 0  # entries appended at the end of every array
     texts: list[str] = field(default_factory=list)
     rewritten: set[str] = field(default_factory=set)  # arrays written whole
+    # Byte ranges of existing entries to overwrite, per array: (first entry, entry count). A prune marks a few runs of
+    # entries deleted; writing those bytes beats rewriting the whole array.
+    patched: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     settings_changed: bool = False
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -161,6 +164,17 @@ class Draft:
     def set_array(self, name: str, values: NDArray[Any]) -> None:
         self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])
         self.rewritten.add(name)
+        self.patched.pop(name, None)
+
+    def patch_array(self, name: str, values: NDArray[Any], entries: NDArray[np.intp]) -> None:
+        """`values` replaces the array; only `entries` (ascending indices of existing entries) differ from before."""
+        self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])
+        if name in self.rewritten:
+            return
+        breaks = np.flatnonzero(np.diff(entries) != 1) + 1
+        ranges = self.patched.setdefault(name, [])
+        for run in np.split(entries, breaks):
+            ranges.append((int(run[0]), len(run)))
 
     def set_settings(self, settings: Settings) -> None:
         self.state.settings = settings

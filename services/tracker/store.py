@@ -9,9 +9,9 @@ Under `hw:s:{<sid>}` (services.common.keys.session_prefix):
 
 A change is written by one Lua script (EVALSHA) that first checks the meta `version` it was computed from: a replica
 with a stale cache gets CONFLICT, reloads and recomputes, so two replicas can serve one session and a crash can never
-leave half a step. Arrays are either appended to (fields written once) or rewritten whole (scores, deletion flags);
-a large rewrite is SET on a staging key in the same MULTI/EXEC and renamed into place by the script (or dropped on
-conflict).
+leave half a step. Arrays are appended to (fields written once), rewritten whole (scores) or overwritten at a few
+entries (the deletion flags of a prune); a large rewrite is SET on a staging key in the same MULTI/EXEC and renamed
+into place by the script (or dropped on conflict).
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ STEP_EVENTS = frozenset({"token", "brightness", "attention", "pruned"})
 # KEYS: meta, events, event_seq, text, one key per array (ARRAYS order), then one staging key per array.
 # ARGV: expected version, events maxlen, n meta pairs, pairs..., array writes spec, array writes blob, text mode,
 #       n texts, texts..., then (type, data) event pairs. The spec lists `<array index><mode><bytes>` per write (e.g.
-#       `1a8 9r0`); the blob holds the bytes of the a/s writes one after another (one argument instead of three per
-#       array: redis-py encodes every argument on its own, which was a tenth of a step). Modes: a append, s set,
-#       r rename the array's staging key (written by a plain SET in the same MULTI) over it; text mode a or s.
+#       `1a8 9r0`, or `8w16@4096` to overwrite 16 bytes at byte 4096); the blob holds the bytes of the a/s/w writes
+#       one after another (one argument instead of three per array). Modes: a append, s set, w overwrite at an
+#       offset (the entries a prune marks deleted), r rename the array's staging key (written by a plain SET in the
+#       same MULTI) over it; text mode a or s.
 # Returns the last event id, or -1 when the stored version is not the expected one (nothing is kept then).
 COMMIT_LUA = """
 local arrays = (#KEYS - 4) / 2
@@ -61,7 +62,7 @@ for _ = 1, pairs_n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
 end
 local blob, offset = ARGV[i + 1], 1
-for index, mode, size in string.gmatch(ARGV[i], '(%d+)(%a)(%d+)') do
+for index, mode, size, at in string.gmatch(ARGV[i], '(%d+)(%a)(%d+)@?(%d*)') do
   index = tonumber(index)
   local key = KEYS[4 + index]
   if mode == 'r' then redis.call('RENAME', KEYS[4 + arrays + index], key)
@@ -69,7 +70,9 @@ for index, mode, size in string.gmatch(ARGV[i], '(%d+)(%a)(%d+)') do
     local last = offset + tonumber(size)
     local part = string.sub(blob, offset, last - 1)
     offset = last
-    if mode == 's' then redis.call('SET', key, part) else redis.call('APPEND', key, part) end
+    if mode == 's' then redis.call('SET', key, part)
+    elseif mode == 'w' then redis.call('SETRANGE', key, tonumber(at), part)
+    else redis.call('APPEND', key, part) end
   end
 end
 i = i + 2
@@ -176,10 +179,16 @@ class Store:
                 else:
                     spec.append(f"{index}s{len(blob)}")
                     blobs.append(blob)
-            elif draft.appended and name in (*APPEND_ONLY, "deleted", "score"):
-                blob = values[len(values) - draft.appended :].tobytes()
-                spec.append(f"{index}a{len(blob)}")
-                blobs.append(blob)
+            else:
+                if draft.appended and name in (*APPEND_ONLY, "deleted", "score"):
+                    blob = values[len(values) - draft.appended :].tobytes()
+                    spec.append(f"{index}a{len(blob)}")
+                    blobs.append(blob)
+                for first, count in draft.patched.get(name, ()):
+                    itemsize = values.itemsize
+                    blob = values[first : first + count].tobytes()
+                    spec.append(f"{index}w{len(blob)}@{first * itemsize}")
+                    blobs.append(blob)
         argv.extend((" ".join(spec), b"".join(blobs)))
         argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
         for event_type, data in draft.events:

@@ -326,3 +326,23 @@ async def test_commits_survive_the_server_closing_their_connections(make_engine:
     _, first, last = await engine.append_message(sid, "user", "After.")
     state = await engine.session(sid)
     assert state.arrays["pos"][-1] == last and last >= first
+
+
+async def test_pruned_flags_are_written_in_place_exactly(make_engine: EngineFactory, redis: Redis) -> None:
+    """A prune overwrites only the pruned entries' flags in Redis: what is stored equals what the replica holds."""
+    engine = await make_engine()
+    sid = (await engine.create_session({"decay_mode": "none", "distance_mode": "none"}, "Sys.")).session_id
+    await engine.append_message(sid, "user", "Alpha one. Bravo two. Charlie three. Delta four. Echo five.")
+    await engine.append_message(sid, "user", "Latest question?")
+    opened = await engine.open(sid, "j")
+    n = len(opened.context.positions)
+    attention = np.full(n, 0.5, dtype=np.float32)
+    attention[n // 4 : n // 4 + 4] = 0.0  # two dim stretches apart: pruned sentences in separate runs
+    attention[n // 2 : n // 2 + 4] = 0.0
+    await engine.update_settings(sid, {"max_context_tokens": n - 6})
+    outcome = await engine.frame(sid, "j", FrameInput(0, 5, attention))
+    assert outcome.pruned_sentences >= 2
+    held = engine._cache[sid]  # the replica's state after its commit
+    stored = await Store(redis).load(sid)
+    for name, values in held.arrays.items():
+        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
