@@ -167,11 +167,16 @@ def prune(draft: Draft) -> Pruned:
         return Pruned([], 0)
     deleted = columns.copy(arrays["deleted"])
     all_positions: list[int] = []
-    entries: list[NDArray[np.intp]] = []
+    ranges: list[tuple[int, int]] = []
     for run in chosen:
         members = active[firsts[run] : firsts[run] + sizes[run]]
-        deleted[members] = 1
-        entries.append(members)
+        first, count = int(members[0]), len(members)
+        if int(members[-1]) - first + 1 == count:  # a sentence's entries are consecutive: one range
+            deleted[first : first + count] = 1
+            ranges.append((first, count))
+        else:  # pragma: no cover - only if entries of a sentence were ever deleted separately
+            deleted[members] = 1
+            ranges.extend((int(m), 1) for m in members)
         positions = arrays["pos"][members].tolist()
         all_positions.extend(positions)
         draft.emit(
@@ -182,7 +187,7 @@ def prune(draft: Draft) -> Pruned:
                 "sentence_id": int(arrays["sent"][members[0]]),
             },
         )
-    draft.patch_array("deleted", deleted, np.sort(np.concatenate(entries)))
+    draft.patch_array("deleted", deleted, ranges)
     state.meta.pruned_tokens += len(all_positions)
     state.meta.pruned_sentences += len(chosen)
     all_positions.sort()

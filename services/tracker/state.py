@@ -166,15 +166,11 @@ class Draft:
         self.rewritten.add(name)
         self.patched.pop(name, None)
 
-    def patch_array(self, name: str, values: NDArray[Any], entries: NDArray[np.intp]) -> None:
-        """`values` replaces the array; only `entries` (ascending indices of existing entries) differ from before."""
+    def patch_array(self, name: str, values: NDArray[Any], ranges: list[tuple[int, int]]) -> None:
+        """`values` replaces the array; only the entries in `ranges` ((first, count) of existing entries) differ."""
         self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])
-        if name in self.rewritten:
-            return
-        breaks = np.flatnonzero(np.diff(entries) != 1) + 1
-        ranges = self.patched.setdefault(name, [])
-        for run in np.split(entries, breaks):
-            ranges.append((int(run[0]), len(run)))
+        if name not in self.rewritten:
+            self.patched.setdefault(name, []).extend(ranges)
 
     def set_settings(self, settings: Settings) -> None:
         self.state.settings = settings
