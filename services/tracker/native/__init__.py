@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -60,6 +61,16 @@ def build() -> Path:
     return target
 
 
+BUILD_ERRORS = (OSError, RuntimeError, subprocess.CalledProcessError)
+
+
+def _describe(exc: BaseException) -> str:
+    """A failed build says why in the compiler's own words."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        return str(exc.stderr.decode(errors="replace"))
+    return str(exc)
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _loaded
     if _loaded:
@@ -70,9 +81,8 @@ def _load() -> ctypes.CDLL | None:
         if not path.exists():
             path = build()
         lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        detail = exc.stderr.decode(errors="replace") if isinstance(exc, subprocess.CalledProcessError) else exc
-        log.warning("tracker C kernels unavailable (%s); using the numpy/torch paths", detail)
+    except BUILD_ERRORS as exc:
+        log.warning("tracker C kernels unavailable (%s); using the numpy/torch paths", _describe(exc))
         return None
     size, pointer = ctypes.c_size_t, ctypes.c_void_p
     lib.hw_colsum_f16.restype = ctypes.c_uint16
@@ -95,6 +105,20 @@ def _load() -> ctypes.CDLL | None:
     return lib
 
 
+def _required() -> ctypes.CDLL:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("tracker C kernels are not available")
+    return lib
+
+
+def _check(kernel: str, arrays: tuple[tuple[NDArray[Any], type], ...]) -> None:
+    """The kernels read raw memory: every array must be C-contiguous and of exactly the dtype the C code expects."""
+    for array, dtype in arrays:
+        if array.dtype != dtype or not array.flags.c_contiguous:
+            raise ValueError(f"{kernel} needs contiguous {np.dtype(dtype).name} arrays")
+
+
 def available() -> bool:
     return _load() is not None
 
@@ -111,11 +135,10 @@ def column_sums_f16(rows: NDArray[np.uint16], portable: bool = False) -> tuple[N
     The largest pattern validates in the same pass: values are finite and non-negative iff it is below 0x7C00.
     `portable` forces the plain C loop (tests compare it with the vector one).
     """
-    lib = _load()
-    if lib is None:
-        raise RuntimeError("tracker C kernels are not available")
-    if rows.ndim != 2 or rows.dtype != np.uint16 or not rows.flags.c_contiguous:
-        raise ValueError("column_sums_f16 needs a C-contiguous 2-D uint16 array")
+    lib = _required()
+    if rows.ndim != 2:
+        raise ValueError("column_sums_f16 needs a 2-D array")
+    _check("column_sums_f16", ((rows, np.uint16),))
     out = np.empty(rows.shape[1], dtype=np.float32)
     kernel = lib.hw_colsum_f16_portable if portable else lib.hw_colsum_f16
     largest = kernel(rows.ctypes.data, rows.shape[0], rows.shape[1], out.ctypes.data)
@@ -133,17 +156,12 @@ def score_step(
     decay_rate: float,
 ) -> None:
     """Updates scores[active] in place (all of them when `active` is None); see hw_score_step in kernels.c."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError("tracker C kernels are not available")
+    lib = _required()
     count = len(positions) if active is None else len(active)
-    if attention.dtype != np.float32 or len(attention) != count or not attention.flags.c_contiguous:
-        raise ValueError("attention must be a contiguous float32 vector with one value per active entry")
-    for array, dtype in ((scores, np.float64), (positions, np.int64), (table, np.float64)):
-        if array.dtype != dtype or not array.flags.c_contiguous:
-            raise ValueError(f"score_step needs contiguous {np.dtype(dtype).name} arrays")
-    if active is not None and (active.dtype != np.int64 or not active.flags.c_contiguous):
-        raise ValueError("active must be a contiguous int64 index")
+    if len(attention) != count:
+        raise ValueError("attention must hold one value per active entry")
+    checked = ((scores, np.float64), (positions, np.int64), (table, np.float64), (attention, np.float32))
+    _check("score_step", checked if active is None else (*checked, (active, np.int64)))
     status = lib.hw_score_step(
         scores.ctypes.data,
         positions.ctypes.data,
@@ -174,18 +192,9 @@ def sentence_runs(
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
     """The prunable sentences among the active entries: (keys, maxima, first index into `active`, sizes), oldest
     first; see hw_sentence_runs in kernels.c."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError("tracker C kernels are not available")
-    for array, dtype in (
-        (active, np.int64),
-        (keys, np.int64),
-        (scores, np.float64),
-        (role, np.uint8),
-        (turn, np.int32),
-    ):
-        if array.dtype != dtype or not array.flags.c_contiguous:
-            raise ValueError(f"sentence_runs needs contiguous {np.dtype(dtype).name} arrays")
+    lib = _required()
+    checked = ((active, np.int64), (keys, np.int64), (scores, np.float64), (role, np.uint8), (turn, np.int32))
+    _check("sentence_runs", checked)
     count = len(active)
     run_key = np.empty(count, dtype=np.int64)
     run_max = np.empty(count, dtype=np.float64)
@@ -202,9 +211,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = build()
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        detail = exc.stderr.decode(errors="replace") if isinstance(exc, subprocess.CalledProcessError) else exc
-        print(f"tracker C kernels not built: {detail}", file=sys.stderr)
+    except BUILD_ERRORS as exc:
+        print(f"tracker C kernels not built: {_describe(exc)}", file=sys.stderr)
         return 1
     print(f"tracker C kernels: {path} (fp16 sums vectorised: {vectorised()})")
     return 0
