@@ -53,6 +53,7 @@ MAX_TENSOR_BYTES = 16 * 1024**3
 class Complete:
     name: str
     dtype: str  # the label as sent (e.g. `<f4`, or `bfloat16` held as `<u2`)
+    array_dtype: np.dtype  # what the receiver's `dtype_of` made of the label
     shape: tuple[int, ...]
     data: bytearray  # writable, as torch.from_numpy wants
 
@@ -80,6 +81,7 @@ class Assembler:
         self._seen: set[str] = set()
         self._name: str | None = None
         self._dtype = ""
+        self._array_dtype = np.dtype(np.uint8)
         self._shape: tuple[int, ...] = ()
         self._buffer = bytearray()
         self._filled = 0
@@ -100,7 +102,7 @@ class Assembler:
             return None
         if self._filled != len(self._buffer):
             raise self.error(f"tensor {name!r} is truncated: {self._filled} of {len(self._buffer)} bytes")
-        done = Complete(name, self._dtype, self._shape, self._buffer)
+        done = Complete(name, self._dtype, self._array_dtype, self._shape, self._buffer)
         self._name, self._buffer, self._filled = None, bytearray(), 0
         return done
 
@@ -114,11 +116,12 @@ class Assembler:
         dims = tuple(int(d) for d in shape)
         if any(d < 0 for d in dims):
             raise self.error(f"tensor {name!r}: negative dimension in shape {list(dims)}")
-        size = int(np.prod(dims, dtype=np.float64)) * self.dtype_of(dtype).itemsize
+        array_dtype = self.dtype_of(dtype)
+        size = int(np.prod(dims, dtype=np.float64)) * array_dtype.itemsize
         if size > self.max_tensor_bytes:
             raise self.error(f"tensor {name!r}: {size} bytes is over the {self.max_tensor_bytes}-byte limit")
         self._seen.add(name)
-        self._name, self._dtype, self._shape = name, dtype, dims
+        self._name, self._dtype, self._array_dtype, self._shape = name, dtype, array_dtype, dims
         self._buffer = bytearray(size)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ class Assembler:
     def add(self, chunk: snapshot_pb2.TensorChunk) -> None:
         complete = self._chunks.feed(chunk.name, chunk.dtype, chunk.shape, chunk.data, chunk.last)
         if complete is not None:
-            dtype = _dtype(complete.dtype)
+            dtype = complete.array_dtype
             array = np.frombuffer(complete.data, dtype=dtype).reshape(complete.shape)
             self._done[complete.name] = array.astype(dtype.newbyteorder("="), copy=False)
 
