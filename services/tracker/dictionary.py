@@ -174,7 +174,7 @@ def prune(draft: Draft) -> Pruned:
         if int(members[-1]) - first + 1 == count:  # a sentence's entries are consecutive: one range
             deleted[first : first + count] = 1
             ranges.append((first, count))
-        else:  # pragma: no cover - only if entries of a sentence were ever deleted separately
+        else:  # a restored dictionary (an edited export) may hold a sentence with some entries deleted already
             deleted[members] = 1
             ranges.extend((int(m), 1) for m in members)
         positions = arrays["pos"][members].tolist()

@@ -203,9 +203,9 @@ class Store:
         """One write, one round trip: EVALSHA, wrapped in MULTI/EXEC with the staged SETs when there are any (they
         and the script run together or not at all).
 
-        The commands are packed here and sent on a connection taken from the client's pool: redis-py's pipeline
-        machinery (per-argument encoding, a command stack, reply bookkeeping) cost about as much as the round trip
-        itself. After a Redis restart the script is gone (NOSCRIPT): load it and try once more.
+        The commands are packed here (redis-py's pipeline machinery, per-argument encoding, a command stack and
+        reply bookkeeping, cost about as much as the round trip itself) and sent by `_round_trip`. After a Redis
+        restart the script is gone (NOSCRIPT): load it and try once more.
         """
         for attempt in (0, 1):
             if self._sha is None or attempt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -343,6 +344,33 @@ async def test_pruned_flags_are_written_in_place_exactly(make_engine: EngineFact
     outcome = await engine.frame(sid, "j", FrameInput(0, 5, attention))
     assert outcome.pruned_sentences >= 2
     held = engine._cache[sid]  # the replica's state after its commit
+    stored = await Store(redis).load(sid)
+    for name, values in held.arrays.items():
+        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+
+
+async def test_pruning_a_sentence_restored_partly_deleted_writes_each_entry(
+    make_engine: EngineFactory, redis: Redis
+) -> None:
+    """An edited export may hold a sentence with some entries deleted: its remaining entries are not one range."""
+    engine = await make_engine()
+    sid = (await engine.create_session({"decay_mode": "none"}, "Sys.")).session_id
+    await engine.append_message(sid, "user", "Alpha one two three. Bravo four five six.")
+    await engine.append_message(sid, "user", "Latest question?")
+    state, tokens = await engine.export(sid)
+    first_sentence = [i for i, t in enumerate(tokens) if t.turn_id == 1 and t.sentence_id == 0]
+    assert len(first_sentence) >= 3
+    middle = first_sentence[1]
+    tokens[middle] = dataclasses.replace(tokens[middle], deleted=True)
+    await engine.restore(sid, state.settings, tokens, state.meta.next_position)
+    # Every score is 0 (decay none, nothing scored yet): the oldest prunable sentence, the partly deleted one, goes
+    # first.
+    active = (await engine.session(sid)).active_count()
+    await engine.update_settings(sid, {"max_context_tokens": active - 1})
+    opened = await engine.open(sid, "j")
+    assert opened.pruned_sentences >= 1  # the header Open appends adds to the excess
+    held = engine._cache[sid]
+    assert held.arrays["deleted"][first_sentence].all()
     stored = await Store(redis).load(sid)
     for name, values in held.arrays.items():
         np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
