@@ -127,6 +127,13 @@ class Chat:
                 )
             await asyncio.sleep(0.05)
 
+    async def start_reply(self, session_id: str, text: str) -> str:
+        """Says `text` and enqueues a reply; returns its job id once the reply is under way (its first brightness)."""
+        await self.say(session_id, text)
+        job_id = await self.enqueue(session_id)
+        await self.wait_for(session_id, lambda fs: any(f["type"] == "brightness" for f in fs))
+        return job_id
+
     async def turn(self, session_id: str, text: str, timeout: float = 120.0) -> list[dict[str, Any]]:
         """Says `text`, enqueues a reply, returns the new events up to its `done` or `error`."""
         before = len(await self.events(session_id))

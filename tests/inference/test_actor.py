@@ -55,10 +55,8 @@ async def test_a_killed_actor_is_restarted_and_its_job_completed_once(
     try:
         before = wait_ready(actor)
         session = await chat.session(max_new_tokens=24)
-        await chat.say(session, "Tell me a long story about a lighthouse keeper.")
-        job_id = await chat.enqueue(session)
         # Mid-reply: the first reply tokens are out, the job is pending on the actor.
-        await chat.wait_for(session, lambda fs: sum(f["type"] == "brightness" for f in fs) >= 1)
+        job_id = await chat.start_reply(session, "Tell me a long story about a lighthouse keeper.")
         ray.kill(actor, no_restart=False)
 
         outcome = await chat.job_done(job_id, timeout=240)

@@ -143,9 +143,7 @@ async def test_a_directive_for_positions_not_in_the_cache_is_refused_and_changes
 async def test_a_cancel_mid_reply_finishes_it_as_cancelled(chat: Chat, start_worker) -> None:
     await start_worker()
     session = await chat.session(max_new_tokens=200)
-    await chat.say(session, "Write a long poem about the sea.")
-    job_id = await chat.enqueue(session)
-    await chat.wait_for(session, lambda fs: any(f["type"] == "brightness" for f in fs))
+    job_id = await chat.start_reply(session, "Write a long poem about the sea.")
     await chat.tracker.Cancel(tracker_pb2.SessionRef(session_id=session))
     assert await chat.job_done(job_id) == "cancelled"
     done = [f for f in await chat.events(session) if f["type"] == "done"]
@@ -174,9 +172,7 @@ async def test_full_mode_ships_the_whole_tensor_and_the_tracker_relays_it(chat: 
 async def test_a_mode_change_mid_reply_applies_from_the_next_step(chat: Chat, start_worker) -> None:
     await start_worker()
     session = await chat.session(max_new_tokens=200)
-    await chat.say(session, "Write a long poem about the sea.")
-    job_id = await chat.enqueue(session)
-    await chat.wait_for(session, lambda fs: any(f["type"] == "brightness" for f in fs))
+    job_id = await chat.start_reply(session, "Write a long poem about the sea.")
     assert not any(f["type"] == "attention" for f in await chat.events(session))
     changes = tracker_pb2.Settings(aggregation="full")
     await chat.tracker.UpdateSettings(tracker_pb2.UpdateSettingsRequest(session_id=session, settings=changes))
