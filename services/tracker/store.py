@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from services.common import events, keys
 from services.common.errors import NotFound
+from services.tracker import wire
 from services.tracker.settings import Settings
 from services.tracker.state import APPEND_ONLY, ARRAYS, Draft, Meta, SessionState
 
@@ -128,7 +128,7 @@ class Store:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._sha: str | None = None
-        self._idle: list[AbstractConnection] = []
+        self._idle: list[wire.Pipe] = []
 
     async def exists(self, session_id: str) -> bool:
         return bool(await self.redis.exists(meta_key(session_id)))
@@ -203,17 +203,17 @@ class Store:
         """One write, one round trip: EVALSHA, wrapped in MULTI/EXEC with the staged SETs when there are any (they
         and the script run together or not at all).
 
-        The commands are packed here (redis-py's pipeline machinery, per-argument encoding, a command stack and
-        reply bookkeeping, cost about as much as the round trip itself) and sent by `_round_trip`. After a Redis
-        restart the script is gone (NOSCRIPT): load it and try once more.
+        The commands are packed here and sent by `_round_trip` (redis-py's pipeline machinery, per-argument encoding,
+        a command stack and reply bookkeeping, cost about as much as the round trip itself). After a Redis restart
+        the script is gone (NOSCRIPT): load it and try once more.
         """
         for attempt in (0, 1):
             if self._sha is None or attempt:
                 self._sha = str(await self.redis.script_load(COMMIT_LUA))
-            script = _command(b"EVALSHA", self._sha, len(all_keys), *all_keys, *argv)
+            script = wire.pack(b"EVALSHA", self._sha, len(all_keys), *all_keys, *argv)
             if staged:
-                sets = [_command(b"SET", key, blob) for key, blob in staged]
-                replies = await self._round_trip([_command(b"MULTI"), *sets, script, _command(b"EXEC")])
+                sets = [wire.pack(b"SET", key, blob) for key, blob in staged]
+                replies = await self._round_trip([wire.pack(b"MULTI"), *sets, script, wire.pack(b"EXEC")])
                 queued, outcome = replies[1:-1], replies[-1]
                 failed = next((r for r in queued if isinstance(r, Exception)), None)
                 if failed is None and isinstance(outcome, list):
@@ -225,60 +225,34 @@ class Store:
                 error = (await self._round_trip([script]))[0]
                 if not isinstance(error, Exception):
                     return int(error)
-            if not isinstance(error, NoScriptError) or attempt:
+            if not str(error).startswith("NOSCRIPT") or attempt:
                 raise error
         raise AssertionError("unreachable")
 
     async def _round_trip(self, commands: list[bytes]) -> list[Any]:
-        """Sends packed commands in one write and reads one reply per command; error replies are returned, not
-        raised. A connection interrupted half-way (a cancelled step, a timeout) is closed, never reused.
-
-        Commits use connections of their own, made with the client's settings: the shared pool's per-checkout
-        lock, health check and bookkeeping cost a tenth of a step. One connection per commit in flight."""
+        """Sends packed commands in one write and returns one reply per command; error replies are returned, not
+        raised. Commits use connections of their own (services.tracker.wire), one per commit in flight."""
         for retry in (False, True):
             reused = bool(self._idle) and not retry
-            connection = self._idle.pop() if reused else self._new_connection()
+            pipe = self._idle.pop() if reused else await wire.Pipe.open(self.redis)
             try:
-                await connection.send_packed_command(b"".join(commands), check_health=False)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
+                replies = await pipe.exchange(b"".join(commands), len(commands))
             except RedisConnectionError:
-                await connection.disconnect()
                 if not reused:
                     raise
                 # An idle connection the server closed (say, Redis restarted): the others are as stale. A commit that
                 # did reach Redis is never applied twice: its version check refuses the second copy.
                 await self.aclose()
                 continue
-            except BaseException:
-                await connection.disconnect()
-                raise
-            self._idle.append(connection)
+            self._idle.append(pipe)
             return replies
         raise AssertionError("unreachable")
-
-    def _new_connection(self) -> AbstractConnection:
-        pool = self.redis.connection_pool
-        return pool.connection_class(**pool.connection_kwargs)
 
     async def aclose(self) -> None:
         """Closes the commit connections (the client itself belongs to the caller)."""
         idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.disconnect()
-
-
-def _command(*args: Any) -> bytes:
-    """A command in the Redis protocol (RESP): an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(parts)
+        for pipe in idle:
+            pipe.close()
 
 
 def _encode_event(event_type: str, data: dict[str, Any]) -> list[Any]:

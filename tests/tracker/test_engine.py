@@ -321,8 +321,8 @@ async def test_commits_survive_the_server_closing_their_connections(make_engine:
     await engine.append_message(sid, "user", "Before.")
     idle = engine.store._idle  # the store's commit connections, to close from the server's side
     assert idle
-    for connection in idle:
-        host, port = connection._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+    for pipe in idle:
+        host, port = pipe._transport.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
         await redis.client_kill_filter(addr=f"{host}:{port}")
     _, first, last = await engine.append_message(sid, "user", "After.")
     state = await engine.session(sid)
