@@ -30,6 +30,8 @@ from services.tracker.template import ChatTemplate
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "tracker.json"
 TARGET_P99_US = {8192: 1000.0, 32768: 5000.0}
+WARM_UP_STEPS = 20
+BRIGHTNESS_SAMPLE_STEPS = 20
 
 
 async def step_bench(redis_url: str, contexts: list[int], repeats: int, per_repeat: int) -> dict[str, Any]:
@@ -41,7 +43,8 @@ async def step_bench(redis_url: str, contexts: list[int], repeats: int, per_repe
     benches = {}
     for context in contexts:
         for full in (False, True):
-            benches[(context, full)] = await steps.prepare(engine, context, full)
+            benches[(context, full)] = bench = await steps.prepare(engine, context, full)
+            await steps.timed_steps(bench, full, WARM_UP_STEPS)  # untimed: lit tokens lit, the rest faded
     naive_keys = {context: await steps.prepare_naive(client, context) for context in contexts}
     gc.freeze()  # as the tracker process does once it has started (the tokenizer's objects leave the collector's view)
     samples: dict[str, list[float]] = {}
@@ -52,12 +55,16 @@ async def step_bench(redis_url: str, contexts: list[int], repeats: int, per_repe
                 count = per_repeat // (scale if full else 1)
                 got = await steps.timed_steps(benches[(context, full)], full, count)
                 samples.setdefault(f"{context}:{'full' if full else 'reduced'}", []).extend(got)
-            rng = benches[(context, False)].rng
+            model = benches[(context, False)].attention
             for _ in range(max(3, per_repeat // (4 * scale))):
-                got_naive = await steps.naive_step(client, naive_keys[context], rng)
+                got_naive = await steps.naive_step(client, naive_keys[context], model)
                 samples.setdefault(f"{context}:baseline", []).append(got_naive)
+    results = {key: summary(values) for key, values in samples.items()}
+    for (context, full), bench in benches.items():  # what the steps wrote: the load is realistic, not all zeros
+        lit = await steps.brightness_per_step(client, bench, BRIGHTNESS_SAMPLE_STEPS)
+        results[f"{context}:{'full' if full else 'reduced'}"]["brightness_positions_per_step"] = lit
     await client.aclose()
-    return {key: summary(values) for key, values in samples.items()}
+    return results
 
 
 def remote_bench(redis_url: str, log_dir: Path, count: int) -> dict[str, Any]:
@@ -156,16 +163,21 @@ def build_report(agg: dict[str, Any], step: dict[str, Any], agreement: dict[str,
             f"{name:<14}{row['mean_us']:>10.1f}{row['p50_us']:>10.1f}{row['p99_us']:>10.1f}{ratio:>9.2f}x{speedup:>11.0f}x"
         )
     print("\nStep update: frame in -> Redis updated -> events appended (baseline: one hash field per token)")
-    print(f"{'context':>8} {'frame':<9}{'mean µs':>10}{'p50 µs':>10}{'p99 µs':>10}{'baseline p50':>14}{'speedup':>9}")
+    print(
+        f"{'context':>8} {'frame':<9}{'mean µs':>10}{'p50 µs':>10}{'p99 µs':>10}{'baseline p50':>14}{'speedup':>9}"
+        f"{'brightness/step':>17}"
+    )
     for context in contexts:
         baseline = step[f"{context}:baseline"]
         for kind in ("reduced", "full", "baseline"):
             row = step[f"{context}:{kind}"]
             speedup = baseline["p50_us"] / row["p50_us"]
+            lit = row.get("brightness_positions_per_step")
             print(
                 f"{context:>8} {kind:<9}{row['mean_us']:>10.0f}{row['p50_us']:>10.0f}{row['p99_us']:>10.0f}"
-                f"{baseline['p50_us']:>14.0f}{speedup:>8.1f}x"
+                f"{baseline['p50_us']:>14.0f}{speedup:>8.1f}x{'' if lit is None else f'{lit:>17.0f}'}"
             )
+    print("  brightness/step: positions per brightness event (scores that changed, at most 512), as written")
     client = agreement["client_round_trip"]
     print("\n8k reduced step through a real tracker process (gRPC) vs its Prometheus histogram")
     print(

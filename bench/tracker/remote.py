@@ -10,6 +10,7 @@ import numpy as np
 from haloweave.tracker.v1 import tracker_pb2 as pb
 from haloweave.tracker.v1 import tracker_pb2_grpc
 
+from bench.tracker.attention import AttentionModel
 from devstack.procs import Proc, free_port, python_module, wait_until
 from services.common.grpc_server import channel
 
@@ -42,20 +43,21 @@ async def drive(address: str, context: int, steps: int) -> list[float]:
         await stub.AppendMessage(pb.AppendMessageRequest(session_id=sid, role="user", text="Go on."))
         call = stub.Generate()
         await call.write(pb.GenerateRequest(open=pb.Open(session_id=sid, job_id="bench")))
-        active = len((await call.read()).opened.context.positions)
+        positions = np.asarray((await call.read()).opened.context.positions, dtype=np.int64)
         await stub.UpdateSettings(
-            pb.UpdateSettingsRequest(session_id=sid, settings=pb.Settings(max_context_tokens=active))
+            pb.UpdateSettingsRequest(session_id=sid, settings=pb.Settings(max_context_tokens=len(positions)))
         )
-        rng = np.random.default_rng(1)
+        model = AttentionModel(1)
         samples = []
         for step in range(steps):
-            values = rng.random(active, dtype=np.float32)
-            request = pb.GenerateRequest(frame=pb.Frame(step=step, token_id=28, attention=values / values.sum()))
+            request = pb.GenerateRequest(frame=pb.Frame(step=step, token_id=28, attention=model.row(positions)))
             started = time.perf_counter()
             await call.write(request)
             directive = (await call.read()).directive
             samples.append(time.perf_counter() - started)
-            active = active + 1 - len(directive.evict_positions)
+            positions = np.append(positions, directive.position)
+            if directive.evict_positions:
+                positions = np.setdiff1d(positions, directive.evict_positions, assume_unique=True)
         await call.write(pb.GenerateRequest(finish=pb.Finish(reason="length", tokens=steps)))
         await call.read()
         await call.done_writing()

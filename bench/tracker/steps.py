@@ -11,9 +11,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from haloweave.tracker.v1 import tracker_pb2 as pb
+from numpy.typing import NDArray
 from redis.asyncio import Redis
 
+from bench.tracker.attention import AttentionModel
 from services.common import keys
 from services.tracker import convert, scoring
 from services.tracker.engine import Engine
@@ -28,8 +31,13 @@ class Bench:
     session_id: str
     job_id: str
     step: int
-    active: int
-    rng: np.random.Generator
+    positions: NDArray[np.int64]  # the active positions, ascending, as the worker would know them
+    attention: AttentionModel
+
+    def advance(self, position: int, evicted: list[int]) -> None:
+        """The context after a step: its token appended, the pruned positions gone."""
+        positions = np.append(self.positions, position)
+        self.positions = np.setdiff1d(positions, evicted, assume_unique=True) if evicted else positions
 
 
 async def prepare(engine: Engine, context: int, full: bool) -> Bench:
@@ -40,19 +48,27 @@ async def prepare(engine: Engine, context: int, full: bool) -> Bench:
     await engine.append_message(sid, "user", SENTENCE * sentences)
     await engine.append_message(sid, "user", "Go on.")
     opened = await engine.open(sid, "bench")
-    active = len(opened.context.positions)
-    await engine.update_settings(sid, {"max_context_tokens": active})
-    return Bench(engine, sid, "bench", 0, active, np.random.default_rng(context))
+    positions = np.asarray(opened.context.positions, dtype=np.int64)
+    await engine.update_settings(sid, {"max_context_tokens": len(positions)})
+    return Bench(engine, sid, "bench", 0, positions, AttentionModel(context))
 
 
 def frame_bytes(bench: Bench, full: bool) -> bytes:
     if full:
-        tensor = bench.rng.random((LAYERS, HEADS, bench.active), dtype=np.float32).astype("<f2")
+        tensor = bench.attention.full(bench.positions, LAYERS, HEADS)
         message = pb.Frame(step=bench.step, token_id=28, full_attention=tensor.tobytes(), layers=LAYERS, heads=HEADS)
     else:
-        values = bench.rng.random(bench.active, dtype=np.float32)
-        message = pb.Frame(step=bench.step, token_id=28, attention=values / values.sum())
+        message = pb.Frame(step=bench.step, token_id=28, attention=bench.attention.row(bench.positions))
     return message.SerializeToString()
+
+
+async def brightness_per_step(redis: Redis, bench: Bench, steps: int) -> float:
+    """Positions per brightness event over the session's last `steps` steps (0 for a step that sent none)."""
+    entries = await redis.xrevrange(keys.events_stream(bench.session_id), count=steps * 4)
+    sizes = [
+        len(orjson.loads(fields[b"data"])["positions"]) for _, fields in entries if fields[b"type"] == b"brightness"
+    ]
+    return sum(sizes[:steps]) / steps
 
 
 async def timed_steps(bench: Bench, full: bool, steps: int) -> list[float]:
@@ -64,7 +80,7 @@ async def timed_steps(bench: Bench, full: bool, steps: int) -> list[float]:
         outcome = await bench.engine.frame(bench.session_id, bench.job_id, frame)
         samples.append(time.perf_counter() - started)
         bench.step += 1
-        bench.active = outcome.active_tokens
+        bench.advance(outcome.position, outcome.evict_positions)
     return samples
 
 
@@ -78,14 +94,14 @@ async def prepare_naive(redis: Redis, context: int) -> str:
     return key
 
 
-async def naive_step(redis: Redis, key: str, rng: np.random.Generator) -> float:
+async def naive_step(redis: Redis, key: str, model: AttentionModel) -> float:
     """Read every token's score, update with the same math, write every field back, append the event."""
     started = time.perf_counter()
     raw = await redis.hgetall(key)  # type: ignore[misc]
     positions = np.fromiter((int(k) for k in raw), dtype=np.int64, count=len(raw))
     scores = np.fromiter((float(v) for v in raw.values()), dtype=np.float64, count=len(raw))
     order = np.argsort(positions)
-    attention = rng.random(len(raw), dtype=np.float32)
+    attention = model.row(positions[order])
     new = scoring.step_scores(
         scores[order],
         positions[order],
