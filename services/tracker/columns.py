@@ -28,17 +28,32 @@ _tails: dict[int, weakref.ref[NDArray[Any]]] = {}
 def extend(column: NDArray[Any], values: NDArray[Any]) -> NDArray[Any]:
     """`column` followed by `values` (already of the column's dtype); `column` itself is left as it was."""
     count, added = len(column), len(values)
+    buffer = _room(column, added)
+    buffer[count : count + added] = values
+    return _hand_out(buffer, count + added)
+
+
+def extend_one(column: NDArray[Any], value: Any) -> NDArray[Any]:
+    """`extend` by one scalar: every step appends one entry to each column, and an array of one costs more than
+    the append itself."""
+    count = len(column)
+    buffer = _room(column, 1)
+    buffer[count] = value
+    return _hand_out(buffer, count + 1)
+
+
+def _room(column: NDArray[Any], added: int) -> NDArray[Any]:
+    """A buffer holding `column` with room for `added` more entries after it: its own, if `column` may grow."""
+    count = len(column)
     buffer = column.base
     if isinstance(buffer, np.ndarray) and len(buffer) >= count + added:
         tail = _tails.get(id(buffer))
         if tail is not None and tail() is column:
-            buffer[count : count + added] = values
-            return _hand_out(buffer, count + added)
+            return buffer
     buffer = np.empty(max(MIN_CAPACITY, 2 * (count + added)), dtype=column.dtype)
     buffer[:count] = column
-    buffer[count : count + added] = values
     weakref.finalize(buffer, _tails.pop, id(buffer), None)
-    return _hand_out(buffer, count + added)
+    return buffer
 
 
 def _hand_out(buffer: NDArray[Any], count: int) -> NDArray[Any]:

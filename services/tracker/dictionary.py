@@ -108,13 +108,14 @@ def _append_one(
     )
 
 
-def score_step(draft: Draft, attention: NDArray[np.float32]) -> None:
-    """Updates every active token's score from one frame's aggregated attention (length checked by the caller)."""
+def score_step(draft: Draft, attention: NDArray[np.float32]) -> NDArray[np.intp]:
+    """Updates every active token's score from one frame's aggregated attention (length checked by the caller);
+    returns the entries whose score moved by more than BRIGHTNESS_EPSILON, for `brightness`."""
     state = draft.state
     s = state.settings
     active = state.active_index()
     scores = columns.copy(state.arrays["score"])  # with room for the token this step appends
-    scoring.update_active(
+    changed = scoring.update_active(
         scores,
         state.arrays["pos"],
         None if len(active) == len(scores) else active,  # nothing pruned yet: no gather and scatter
@@ -125,8 +126,10 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> None:
         distance_scale=s.distance_scale,
         decay_mode=s.decay_mode,
         decay_rate=s.decay_rate,
+        epsilon=BRIGHTNESS_EPSILON,
     )
     draft.set_array("score", scores)
+    return changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,22 +197,19 @@ def prune(draft: Draft) -> Pruned:
     return Pruned(all_positions, len(chosen))
 
 
-def brightness(draft: Draft, previous: NDArray[np.float64], step: int) -> None:
-    """Emits the scores this step changed (`previous` holds the scores before it), bounded as described above."""
+def brightness(draft: Draft, previous: NDArray[np.float64], changed: NDArray[np.intp], step: int) -> None:
+    """Emits the scores this step changed (`changed` from `score_step`; `previous` holds the scores before it),
+    bounded as described above. Only active tokens are rescored and pruning comes after this, so `changed` holds
+    no deleted token."""
     state = draft.state
-    count = len(previous)
-    scores = state.arrays["score"][:count]
-    # Only active tokens are rescored and pruning comes after this, so a deleted token's score never changed here:
-    # no need to mask them out.
-    diff = scores - previous
-    np.abs(diff, out=diff)
-    changed = np.flatnonzero(diff > BRIGHTNESS_EPSILON)
+    scores = state.arrays["score"]
     if changed.size == 0:
         return
     if changed.size > BRIGHTNESS_MAX_POSITIONS:
         half = BRIGHTNESS_MAX_POSITIONS // 2
+        moved = np.abs(scores[changed] - previous[changed])
         chosen = np.zeros(changed.size, dtype=bool)  # a mask keeps position order without sorting the union
-        chosen[np.argpartition(diff[changed], -half)[-half:]] = True
+        chosen[np.argpartition(moved, -half)[-half:]] = True
         start = (step * half) % changed.size
         chosen[(start + np.arange(half)) % changed.size] = True
         changed = changed[chosen]

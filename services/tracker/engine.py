@@ -236,13 +236,13 @@ class Engine:
             attention, event = reduce_frame(frame, state.arrays["pos"][state.active_index()])
             aggregation_seconds = time.perf_counter() - started
             previous = state.arrays["score"]
-            dictionary.score_step(draft, attention)
+            changed = dictionary.score_step(draft, attention)
             if event is not None:
                 draft.emit("attention", {"step": frame.step, **event})
             position = meta.next_position
             piece = self.template.pieces([frame.token_id])
             dictionary.append_tokens(draft, "assistant", meta.gen_turn, [frame.token_id], piece, continues=True)
-            dictionary.brightness(draft, previous, frame.step)
+            dictionary.brightness(draft, previous, changed, frame.step)
             pruned = dictionary.prune(draft)
             meta.step += 1
             reprefill = bool(pruned.positions) and state.settings.prune_mode == "reprefill"

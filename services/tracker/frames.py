@@ -32,6 +32,10 @@ class FrameInput:
 
 
 def _check_values(values: NDArray[np.floating], what: str) -> None:
+    # The common case in two reductions without temporaries: NaN propagates through min, so this holds only when
+    # every value is finite and non-negative. The checks below name what is wrong.
+    if values.size == 0 or (values.min() >= 0 and values.max() < np.inf):
+        return
     if not np.isfinite(values).all():
         raise InvalidArgument(f"{what} holds NaN or infinite values")
     if (values < 0).any():

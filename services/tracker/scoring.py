@@ -195,18 +195,30 @@ def update_active(
     distance_scale: float,
     decay_mode: str,
     decay_rate: float,
-) -> None:
+    epsilon: float,
+) -> NDArray[np.intp]:
     """`scores[active] = step_scores(scores[active], positions[active], attention, ...)`, in place (every entry when
-    `active` is None). One pass of the C kernel when it is built: the same operations in the same order, so the same
-    numbers bit for bit as the numpy path, which runs otherwise."""
+    `active` is None); returns the indices of the entries whose score moved by more than `epsilon`, ascending.
+
+    One pass of the C kernel when it is built: the same operations in the same order, so the same numbers bit for
+    bit as the numpy path, which runs otherwise."""
     count = len(positions) if active is None else len(active)
     if count and decay_mode in native.DECAY_MODES and native.available():
         first, last = (0, count - 1) if active is None else (int(active[0]), int(active[-1]))
         table = _weights_table(distance_mode, min_distance, distance_scale, int(positions[last] - positions[first]))
         if attention.dtype != np.float32 or not attention.flags.c_contiguous:
             attention = np.ascontiguousarray(attention, dtype=np.float32)
-        native.score_step(scores, positions, active, attention, table, boost, decay_mode, decay_rate)  # type: ignore[arg-type]
-        return
+        return native.score_step(  # type: ignore[return-value]
+            scores,
+            positions,
+            active,
+            attention,
+            table,
+            boost,
+            decay_mode,
+            decay_rate,
+            epsilon,  # type: ignore[arg-type]
+        )
     settings = dict(
         boost=boost,
         distance_mode=distance_mode,
@@ -215,10 +227,12 @@ def update_active(
         decay_mode=decay_mode,
         decay_rate=decay_rate,
     )
-    if active is None:
-        scores[:] = step_scores(scores, positions, attention, **settings)  # type: ignore[arg-type]
-    else:
-        scores[active] = step_scores(scores[active], positions[active], attention, **settings)  # type: ignore[arg-type]
+    index = np.arange(count) if active is None else active
+    before = scores[index]
+    after = step_scores(before, positions[index], attention, **settings)  # type: ignore[arg-type]
+    scores[index] = after
+    after -= before
+    return index[np.abs(after, out=after) > epsilon]  # type: ignore[no-any-return]
 
 
 def _update_in_place(gain: F64, scores: F64, decay_mode: str, decay_rate: float) -> F64:

@@ -36,7 +36,6 @@ ARRAYS: dict[str, str] = {
     "deleted": "u1",
     "score": "<f8",
 }
-_ARRAY_DTYPES = tuple((name, np.dtype(dtype)) for name, dtype in ARRAYS.items())
 APPEND_ONLY = ("pos", "tid", "turn", "sent", "gsent", "role", "closes")
 
 
@@ -156,8 +155,8 @@ class Draft:
     def append_entry(self, values: tuple[Any, ...], text: str) -> None:
         """One entry: a value per array, in ARRAYS order."""
         arrays = self.state.arrays
-        for (name, dtype), value in zip(_ARRAY_DTYPES, values, strict=True):
-            arrays[name] = columns.extend(arrays[name], np.array((value,), dtype=dtype))
+        for name, value in zip(ARRAYS, values, strict=True):
+            arrays[name] = columns.extend_one(arrays[name], value)
         self.appended += 1
         self.texts.append(text)
 

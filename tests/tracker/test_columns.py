@@ -36,6 +36,21 @@ def test_two_drafts_of_one_state_never_overwrite_each_other() -> None:
     assert not np.shares_memory(first, second)
 
 
+def test_extend_one_follows_the_same_rules_as_extend() -> None:
+    state = columns.extend(np.zeros(0, dtype="<i4"), np.array([1, 2], dtype="<i4"))
+    first = columns.extend_one(state, 10)
+    second = columns.extend_one(state, 20)  # the room after `state` is taken by `first`: copied elsewhere
+    grown = first
+    for value in range(11, 200):  # through several reallocations
+        grown = columns.extend_one(grown, value)
+    assert grown.dtype == np.dtype("<i4")
+    assert grown.tolist() == [1, 2, *range(10, 200)]
+    assert second.tolist() == [1, 2, 20] and state.tolist() == [1, 2]
+    assert not np.shares_memory(first, second)
+    with pytest.raises(OverflowError):  # out of the column's range: refused, as np.array(..., dtype) would
+        columns.extend_one(grown, 2**40)
+
+
 def test_a_copy_with_room_is_independent() -> None:
     column = columns.extend(np.zeros(0, dtype="u1"), np.array([0, 1, 0], dtype="u1"))
     rewritten = columns.copy(column)

@@ -104,12 +104,14 @@ def test_without_the_c_kernels_the_fallback_paths_give_the_same_results(monkeypa
         monkeypatch.setattr(native, "available", lambda available=available: available)
         mean, suspicious = scoring.mean_of_full(tensor)
         updated = scores.copy()
-        scoring.update_active(updated, positions, active, attention, **settings)  # type: ignore[arg-type]
-        results.append((mean, suspicious, updated))
-    (fast_mean, fast_flag, fast_scores), (slow_mean, slow_flag, slow_scores) = results
+        changed = scoring.update_active(updated, positions, active, attention, **settings, epsilon=0.05)  # type: ignore[arg-type]
+        results.append((mean, suspicious, updated, changed))
+    (fast_mean, fast_flag, fast_scores, fast_changed), (slow_mean, slow_flag, slow_scores, slow_changed) = results
     np.testing.assert_allclose(fast_mean, slow_mean, rtol=1e-6)
     assert fast_flag is slow_flag is False
     assert fast_scores.tobytes() == slow_scores.tobytes()
+    assert 0 < len(fast_changed) < len(active)  # some entries moved more than epsilon, some less
+    np.testing.assert_array_equal(fast_changed, slow_changed)
     negative = tensor.copy()
     negative[0, 0, 0] = -1.0
     assert scoring.mean_of_full(negative)[1] is True

@@ -91,10 +91,10 @@ def _load() -> ctypes.CDLL | None:
     lib.hw_colsum_f16_portable.argtypes = [pointer, size, size, pointer]
     lib.hw_colsum_vectorised.restype = ctypes.c_int
     lib.hw_colsum_vectorised.argtypes = []
-    lib.hw_score_step.restype = ctypes.c_int
+    lib.hw_score_step.restype = ctypes.c_int64
     lib.hw_score_step.argtypes = [
         pointer, pointer, pointer, size, pointer, pointer, size,
-        ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_double,
+        ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_double, ctypes.c_double, pointer,
     ]  # fmt: skip
     lib.hw_sentence_runs.restype = ctypes.c_int64
     lib.hw_sentence_runs.argtypes = [
@@ -154,14 +154,17 @@ def score_step(
     boost: float,
     decay_mode: str,
     decay_rate: float,
-) -> None:
-    """Updates scores[active] in place (all of them when `active` is None); see hw_score_step in kernels.c."""
+    epsilon: float,
+) -> NDArray[np.int64]:
+    """Updates scores[active] in place (all of them when `active` is None) and returns the indices of the entries
+    whose score moved by more than `epsilon`, ascending; see hw_score_step in kernels.c."""
     lib = _required()
     count = len(positions) if active is None else len(active)
     if len(attention) != count:
         raise ValueError("attention must hold one value per active entry")
     checked = ((scores, np.float64), (positions, np.int64), (table, np.float64), (attention, np.float32))
     _check("score_step", checked if active is None else (*checked, (active, np.int64)))
+    changed = np.empty(count, dtype=np.int64)
     status = lib.hw_score_step(
         scores.ctypes.data,
         positions.ctypes.data,
@@ -174,11 +177,14 @@ def score_step(
         boost,
         DECAY_MODES.get(decay_mode, -1),
         decay_rate,
+        epsilon,
+        changed.ctypes.data,
     )
     if status == -1:
         raise ValueError(f"unknown decay mode {decay_mode!r}")
     if status == -2:
         raise ValueError("a distance is beyond the weights table")
+    return changed[:status]
 
 
 def sentence_runs(

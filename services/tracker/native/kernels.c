@@ -147,14 +147,17 @@ enum { DECAY_ADDITIVE = 0, DECAY_EXPONENTIAL = 1, DECAY_NONE = 2 };
  *     exponential: score = gain + score * (1 - rate)
  *     none:        score = gain + score
  * where query is the last active entry's position. The caller guarantees every distance is < table_len.
- * Returns 0, or -1 for an unknown decay mode. */
-int hw_score_step(double *scores, const int64_t *positions, const int64_t *active, size_t count,
-                  const float *attention, const double *table, size_t table_len, int apply_boost, double boost,
-                  int decay_mode, double rate) {
+ * The entry index of every score that moved by more than `epsilon` (|new - old| > epsilon, as numpy computes it) is
+ * written to `changed` in ascending order (room for `count`): the brightness batch needs no second pass.
+ * Returns the number of changed entries, -1 for an unknown decay mode, -2 for a distance beyond the table. */
+int64_t hw_score_step(double *scores, const int64_t *positions, const int64_t *active, size_t count,
+                      const float *attention, const double *table, size_t table_len, int apply_boost, double boost,
+                      int decay_mode, double rate, double epsilon, int64_t *changed) {
     if (count == 0) return 0;
     if (decay_mode < DECAY_ADDITIVE || decay_mode > DECAY_NONE) return -1;
     int64_t query = positions[active ? active[count - 1] : (int64_t)(count - 1)];
     double keep = 1.0 - rate;
+    int64_t moved = 0;
     for (size_t k = 0; k < count; k++) {
         size_t i = active ? (size_t)active[k] : k;
         size_t distance = (size_t)(query - positions[i]);
@@ -162,20 +165,24 @@ int hw_score_step(double *scores, const int64_t *positions, const int64_t *activ
         double gain = table[distance];
         if (apply_boost) gain *= boost;
         gain *= (double)attention[k];
-        double score = scores[i];
+        double score = scores[i], updated;
         if (decay_mode == DECAY_ADDITIVE) {
             gain += score;
             gain -= rate;
-            scores[i] = (gain >= 0.0 || gain != gain) ? gain : 0.0; /* np.maximum: keeps -0.0 and NaN */
+            updated = (gain >= 0.0 || gain != gain) ? gain : 0.0; /* np.maximum: keeps -0.0 and NaN */
         } else if (decay_mode == DECAY_EXPONENTIAL) {
             gain += score * keep;
-            scores[i] = gain;
+            updated = gain;
         } else {
             gain += score;
-            scores[i] = gain;
+            updated = gain;
         }
+        scores[i] = updated;
+        double delta = updated - score;
+        if (delta < 0.0) delta = -delta;
+        if (delta > epsilon) changed[moved++] = (int64_t)i; /* NaN compares false, as in numpy */
     }
-    return 0;
+    return moved;
 }
 
 /* ---- pruning: the prunable sentences among the active entries ---------------------------------------------------- */
