@@ -40,13 +40,16 @@ class Bench:
         self.positions = np.setdiff1d(positions, evicted, assume_unique=True) if evicted else positions
 
 
-async def prepare(engine: Engine, context: int, full: bool) -> Bench:
-    """A session whose active context is about `context` tokens, with pruning holding it there."""
-    sentences = max(1, context // 16)
+async def prepare(engine: Engine, context: int, full: bool, history: int = 0) -> Bench:
+    """A session whose active context is about `context` tokens, with pruning holding it there; `history` more
+    tokens were pruned before the first step (a long conversation under a budget)."""
+    sentences = max(1, (context + history) // 16)
     state = await engine.create_session({"aggregation": "full" if full else "mean"}, None)
     sid = state.session_id
     await engine.append_message(sid, "user", SENTENCE * sentences)
     await engine.append_message(sid, "user", "Go on.")
+    if history:
+        await engine.update_settings(sid, {"max_context_tokens": context})  # Open prunes the history away
     opened = await engine.open(sid, "bench")
     positions = np.asarray(opened.context.positions, dtype=np.int64)
     await engine.update_settings(sid, {"max_context_tokens": len(positions)})

@@ -36,7 +36,6 @@ ARRAYS: dict[str, str] = {
     "deleted": "u1",
     "score": "<f8",
 }
-APPEND_ONLY = ("pos", "tid", "turn", "sent", "gsent", "role", "closes")
 
 
 @dataclass(slots=True)
@@ -62,6 +61,8 @@ class Meta:
     # The last jobs whose reply ended with Finish or Fail, comma-separated: a worker that died before marking such a
     # job done must not run it again (DONE_JOBS_KEPT bounds it; a session runs one job at a time).
     done_jobs: str = ""
+    # 1 once the store keeps the active entries' scores in their own column (services.tracker.store).
+    live_scores: int = 0
 
     def to_fields(self, since: Meta | None = None) -> dict[str, str]:
         """Every field, or only those that differ from `since` (a step changes few of them)."""

@@ -4,14 +4,21 @@ Under `hw:s:{<sid>}` (services.common.keys.session_prefix):
 
     :meta        hash: counters and flags (state.Meta), `settings` (JSON)
     :a:<name>    one binary string per per-token field (state.ARRAYS: little-endian numpy bytes, position order)
+    :a:live      the scores of the active entries, in entry order: the one column every step rewrites
     :text        list: token text pieces, pushed once per entry, in position order
     :events      the session's event Stream (+ :event_seq), shared with the other services
 
 A change is written by one Lua script (EVALSHA) that first checks the meta `version` it was computed from: a replica
 with a stale cache gets CONFLICT, reloads and recomputes, so two replicas can serve one session and a crash can never
-leave half a step. Arrays are appended to (fields written once), rewritten whole (scores) or overwritten at a few
-entries (the deletion flags of a prune); a large rewrite is SET on a staging key in the same MULTI/EXEC and renamed
-into place by the script (or dropped on conflict).
+leave half a step. Arrays are appended to (fields written once), rewritten whole (the live scores) or overwritten at
+a few entries (the deletion flags of a prune, and the final scores of the pruned entries); a large rewrite is SET on
+a staging key in the same MULTI/EXEC and renamed into place by the script (or dropped on conflict).
+
+Scores are split so that a step costs what the active context costs, however long the conversation has run: `:a:live`
+holds the current scores of the active entries and is rewritten every step, while `:a:score` holds every entry's
+score as of its last write (appended at creation, overwritten with the final score when the entry is pruned). Loading
+puts the live scores over the active entries of `:a:score`. A session stored before `:a:live` existed has meta
+`live_scores` 0: its `:a:score` is current, and its first commit writes `:a:live` whole.
 """
 
 from __future__ import annotations
@@ -26,10 +33,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from services.common import events, keys
-from services.common.errors import NotFound
+from services.common.errors import DataLoss, NotFound
 from services.tracker import wire
 from services.tracker.settings import Settings
-from services.tracker.state import APPEND_ONLY, ARRAYS, Draft, Meta, SessionState
+from services.tracker.state import ARRAYS, Draft, Meta, SessionState
 
 CONFLICT = -1
 # Script arguments are copied into and out of Lua: a large rewritten array (the scores, every step) is cheaper as a
@@ -110,16 +117,22 @@ def stage_key(session_id: str, name: str) -> str:
     return f"{keys.session_prefix(session_id)}:stage:{name}"
 
 
+# The stored columns: the in-memory arrays, then the live scores.
+LIVE = "live"
+STORED = (*ARRAYS, LIVE)
+_STORED_INDEX = {name: index for index, name in enumerate(STORED, start=1)}
+
+
 @functools.lru_cache(maxsize=1024)
 def _all_keys(session_id: str) -> tuple[bytes, ...]:
-    """Built and encoded once per session: the commit of every step passes all 22 of them."""
+    """Built and encoded once per session: the commit of every step passes all 24 of them."""
     names = (
         meta_key(session_id),
         keys.events_stream(session_id),
         keys.events_counter(session_id),
         text_key(session_id),
-        *(array_key(session_id, name) for name in ARRAYS),
-        *(stage_key(session_id, name) for name in ARRAYS),
+        *(array_key(session_id, name) for name in STORED),
+        *(stage_key(session_id, name) for name in STORED),
     )
     return tuple(name.encode() for name in names)
 
@@ -136,7 +149,7 @@ class Store:
     async def load(self, session_id: str) -> SessionState:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(meta_key(session_id))
-            for name in ARRAYS:
+            for name in STORED:
                 pipe.get(array_key(session_id, name))
             replies = await pipe.execute()
         raw_meta = {_text(k): _text(v) for k, v in replies[0].items()}
@@ -145,9 +158,19 @@ class Store:
         settings = Settings.from_json(raw_meta.pop("settings"))
         arrays = {
             name: np.frombuffer(blob or b"", dtype=dtype).copy()
-            for (name, dtype), blob in zip(ARRAYS.items(), replies[1:], strict=True)
+            for (name, dtype), blob in zip(ARRAYS.items(), replies[1 : 1 + len(ARRAYS)], strict=True)
         }
-        return SessionState(session_id, Meta.from_fields(raw_meta), settings, arrays)
+        meta = Meta.from_fields(raw_meta)
+        state = SessionState(session_id, meta, settings, arrays)
+        if meta.live_scores:
+            live = np.frombuffer(replies[-1] or b"", dtype=ARRAYS["score"])
+            active = state.active_index()
+            if len(live) != len(active):  # commits are atomic: only a hand-edited or damaged key gets here
+                raise DataLoss(
+                    f"session {session_id!r}: {len(live)} live scores stored for {len(active)} active entries"
+                )
+            arrays["score"][active] = live
+        return state
 
     async def texts(self, session_id: str) -> list[str]:
         return [_text(t) for t in await self.redis.lrange(text_key(session_id), 0, -1)]  # type: ignore[misc]
@@ -159,6 +182,11 @@ class Store:
         """
         state = draft.state
         state.meta.version = draft.base_version + 1
+        # The live scores are rewritten whole when they all change (a step), when the set of active entries changes
+        # (a prune), or when the stored session predates them; otherwise appended to.
+        deletions = "deleted" in draft.patched or "deleted" in draft.rewritten
+        live_whole = replace or deletions or "score" in draft.rewritten or not state.meta.live_scores
+        state.meta.live_scores = 1
         # A new session (version 0) writes every field: its base meta already holds the model and fingerprint.
         fields = state.meta.to_fields(None if replace or draft.base_version == 0 else draft.base_meta)
         if draft.settings_changed or draft.base_version == 0 or replace:
@@ -169,26 +197,33 @@ class Store:
         spec: list[str] = []
         blobs: list[bytes] = []
         staged: list[tuple[str, bytes]] = []
-        for index, name in enumerate(ARRAYS, start=1):
-            values = state.arrays[name]
-            if replace or name in draft.rewritten:
-                blob = values.tobytes()
-                if len(blob) >= STAGE_BYTES:
-                    staged.append((stage_key(state.session_id, name), blob))
-                    spec.append(f"{index}r0")
-                else:
-                    spec.append(f"{index}s{len(blob)}")
-                    blobs.append(blob)
-            else:
-                if draft.appended and name in (*APPEND_ONLY, "deleted", "score"):
-                    blob = values[len(values) - draft.appended :].tobytes()
-                    spec.append(f"{index}a{len(blob)}")
-                    blobs.append(blob)
-                for first, count in draft.patched.get(name, ()):
-                    itemsize = values.itemsize
-                    blob = values[first : first + count].tobytes()
-                    spec.append(f"{index}w{len(blob)}@{first * itemsize}")
-                    blobs.append(blob)
+
+        def write(name: str, mode: str, blob: bytes, offset: int = 0) -> None:
+            index = _STORED_INDEX[name]
+            if mode == "s" and len(blob) >= STAGE_BYTES:
+                staged.append((stage_key(state.session_id, name), blob))
+                spec.append(f"{index}r0")
+                return
+            spec.append(f"{index}{mode}{len(blob)}@{offset}" if mode == "w" else f"{index}{mode}{len(blob)}")
+            blobs.append(blob)
+
+        arrays = state.arrays
+        pruned = draft.patched.get("deleted", ())
+        for name in ARRAYS:
+            values = arrays[name]
+            # `score` is never rewritten whole by a step: its active part lives in :a:live.
+            if replace or (name in draft.rewritten and name != "score"):
+                write(name, "s", values.tobytes())
+                continue
+            if draft.appended:
+                write(name, "a", values[len(values) - draft.appended :].tobytes())
+            # A pruned entry's score is final: it goes to :a:score at the same entries as its deletion flag.
+            for first, count in pruned if name == "score" else draft.patched.get(name, ()):
+                write(name, "w", values[first : first + count].tobytes(), first * values.itemsize)
+        if live_whole:
+            write(LIVE, "s", arrays["score"][state.active_index()].tobytes())
+        elif draft.appended:  # new entries are active: their scores join the live ones
+            write(LIVE, "a", arrays["score"][len(arrays["score"]) - draft.appended :].tobytes())
         argv.extend((" ".join(spec), b"".join(blobs)))
         argv.extend(("s" if replace else "a", len(draft.texts), *draft.texts))
         for event_type, data in draft.events:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from services.tracker.dictionary import BRIGHTNESS_MAX_POSITIONS
 from services.tracker.engine import Engine
 from services.tracker.frames import FrameInput
-from services.tracker.store import STAGE_BYTES, Store, stage_key
+from services.tracker.store import STAGE_BYTES, Store, array_key, meta_key, stage_key
 
 from .conftest import EngineFactory, read_events
 
@@ -374,3 +374,93 @@ async def test_pruning_a_sentence_restored_partly_deleted_writes_each_entry(
     stored = await Store(redis).load(sid)
     for name, values in held.arrays.items():
         np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+
+
+async def _long_history(engine: Engine, budget: int) -> tuple[str, int]:
+    """A session whose budget pruned most of a long message: (session id, active count after Open)."""
+    sid = (await engine.create_session({"decay_mode": "none", "distance_mode": "none"}, "Sys.")).session_id
+    await engine.append_message(sid, "user", "One more short sentence here. " * 400)
+    await engine.append_message(sid, "user", "Latest question?")
+    await engine.update_settings(sid, {"max_context_tokens": budget})
+    opened = await engine.open(sid, "j")
+    return sid, len(opened.context.positions)
+
+
+async def test_a_step_writes_the_active_scores_not_the_whole_history(make_engine: EngineFactory, redis: Redis) -> None:
+    """Per-step bytes follow the active context: a long-pruned conversation does not rewrite every score it had."""
+    engine = await make_engine()
+    sid, active = await _long_history(engine, budget=300)
+    state = await engine.session(sid)
+    assert state.size > 8 * active  # most of the dictionary is pruned history
+    sent: list[int] = []
+    send = engine.store._send_commit
+
+    async def measured(staged: list[tuple[str, bytes]], all_keys: tuple[bytes, ...], argv: list) -> int:
+        sent.append(sum(len(blob) for _, blob in staged) + sum(len(a) for a in argv if isinstance(a, bytes)))
+        return await send(staged, all_keys, argv)
+
+    engine.store._send_commit = measured  # type: ignore[method-assign]
+    for step in range(5):
+        n = (await engine.session(sid)).active_count()
+        await engine.frame(sid, "j", FrameInput(step, 5, vector(n, 1.0 / n)))
+    # The live scores (8 bytes per active entry) and the events; the whole score column would be 8 * state.size.
+    assert max(sent) < 8 * (active + 8) + 16 * 1024 < 8 * state.size
+    held = engine._cache[sid]
+    stored = await Store(redis).load(sid)
+    for name, values in held.arrays.items():
+        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+
+
+async def test_pruned_entries_keep_their_final_score_in_the_score_column(
+    make_engine: EngineFactory, redis: Redis
+) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({"decay_mode": "none", "distance_mode": "none"}, "Sys.")).session_id
+    await engine.append_message(sid, "user", "Alpha one. Bravo two. Charlie three. Delta four. Echo five.")
+    await engine.append_message(sid, "user", "Latest question?")
+    opened = await engine.open(sid, "j")
+    n = len(opened.context.positions)
+    await engine.frame(sid, "j", FrameInput(0, 5, vector(n, 0.25)))  # every active score becomes 0.25
+    await engine.update_settings(sid, {"max_context_tokens": n - 4})
+    outcome = await engine.frame(sid, "j", FrameInput(1, 5, vector(n + 1, 0.5)))
+    assert outcome.pruned_tokens > 0
+    held = engine._cache[sid]
+    deleted = held.arrays["deleted"].astype(bool)
+    column = np.frombuffer(await redis.get(array_key(sid, "score")), dtype="<f8")
+    live = np.frombuffer(await redis.get(array_key(sid, "live")), dtype="<f8")
+    np.testing.assert_array_equal(column[deleted], held.arrays["score"][deleted])  # final: 0.25 + 0.5
+    assert (held.arrays["score"][deleted] == 0.75).all()
+    np.testing.assert_array_equal(live, held.arrays["score"][~deleted])
+
+
+async def test_a_session_stored_before_live_scores_loads_and_moves_to_them(
+    make_engine: EngineFactory, redis: Redis
+) -> None:
+    engine = await make_engine()
+    sid, active = await _long_history(engine, budget=200)
+    await engine.frame(sid, "j", FrameInput(0, 5, vector(active, 0.5)))
+    held = engine._cache[sid]
+    # The earlier layout: every current score in :a:score, no :a:live, no live_scores flag.
+    await redis.set(array_key(sid, "score"), held.arrays["score"].tobytes())
+    await redis.delete(array_key(sid, "live"))
+    await redis.hdel(meta_key(sid), "live_scores")
+    other = await make_engine()  # a replica with no cache
+    loaded = await other.session(sid)
+    np.testing.assert_array_equal(loaded.arrays["score"], held.arrays["score"])
+    await other.frame(sid, "j", FrameInput(1, 5, vector(loaded.active_count(), 0.5)))
+    after = other._cache[sid]
+    assert after.meta.live_scores == 1
+    stored = await Store(redis).load(sid)
+    for name, values in after.arrays.items():
+        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+
+
+async def test_live_scores_that_do_not_match_the_active_entries_are_refused(
+    make_engine: EngineFactory, redis: Redis
+) -> None:
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "Sys.")).session_id
+    await engine.append_message(sid, "user", "Hello.")
+    await redis.append(array_key(sid, "live"), b"\0" * 8)  # one score too many
+    with pytest.raises(DataLoss, match="live scores"):
+        await Store(redis).load(sid)
