@@ -406,6 +406,8 @@ async def test_a_step_writes_the_active_scores_not_the_whole_history(make_engine
     # The live scores (8 bytes per active entry) and the events; the whole score column would be 8 * state.size.
     assert max(sent) < 8 * (active + 8) + 16 * 1024 < 8 * state.size
     held = engine._cache[sid]
+    # The active index is carried over appends, not recomputed: it must still be what the flags say.
+    np.testing.assert_array_equal(held.active_index(), np.flatnonzero(held.arrays["deleted"] == 0))
     stored = await Store(redis).load(sid)
     for name, values in held.arrays.items():
         np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
