@@ -62,6 +62,11 @@ def _hand_out(buffer: NDArray[Any], count: int) -> NDArray[Any]:
     return view
 
 
+def empty(count: int, dtype: Any) -> NDArray[Any]:
+    """An uninitialised column of `count` entries with spare room behind it."""
+    return _hand_out(_room(np.zeros(0, dtype=dtype), count), count)
+
+
 def copy(column: NDArray[Any]) -> NDArray[Any]:
     """A copy of `column` with spare room behind it, for a column about to be rewritten and then appended to."""
     return extend(column[:0], column) if len(column) else column.copy()

@@ -115,6 +115,7 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> NDArray[np.intp]
     s = state.settings
     active = state.active_index()
     scores = columns.copy(state.arrays["score"])  # with room for the token this step appends
+    live = columns.empty(len(active), np.float64)  # the new scores in active order, as the store keeps them
     changed = scoring.update_active(
         scores,
         state.arrays["pos"],
@@ -127,8 +128,9 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> NDArray[np.intp]
         decay_mode=s.decay_mode,
         decay_rate=s.decay_rate,
         epsilon=BRIGHTNESS_EPSILON,
+        live=live,
     )
-    draft.set_array("score", scores)
+    draft.set_array("score", scores, live)
     return changed
 
 

@@ -196,9 +196,11 @@ def update_active(
     decay_mode: str,
     decay_rate: float,
     epsilon: float,
+    live: F64,
 ) -> NDArray[np.intp]:
     """`scores[active] = step_scores(scores[active], positions[active], attention, ...)`, in place (every entry when
-    `active` is None); returns the indices of the entries whose score moved by more than `epsilon`, ascending.
+    `active` is None); the new scores also go to `live`, in the order of `active`. Returns the indices of the entries
+    whose score moved by more than `epsilon`, ascending.
 
     One pass of the C kernel when it is built: the same operations in the same order, so the same numbers bit for
     bit as the numpy path, which runs otherwise."""
@@ -217,7 +219,8 @@ def update_active(
             boost,
             decay_mode,
             decay_rate,
-            epsilon,  # type: ignore[arg-type]
+            epsilon,
+            live,  # type: ignore[arg-type]
         )
     settings = dict(
         boost=boost,
@@ -231,6 +234,7 @@ def update_active(
     before = scores[index]
     after = step_scores(before, positions[index], attention, **settings)  # type: ignore[arg-type]
     scores[index] = after
+    live[:] = after
     after -= before
     return index[np.abs(after, out=after) > epsilon]  # type: ignore[no-any-return]
 

@@ -89,7 +89,7 @@ class Meta:
 
 
 _META_FIELDS = tuple(f.name for f in dataclasses.fields(Meta))
-_DELETED = list(ARRAYS).index("deleted")
+_DELETED, _SCORE = list(ARRAYS).index("deleted"), list(ARRAYS).index("score")
 _meta_values = operator.attrgetter(*_META_FIELDS)  # every field's value, in field order, in one C call
 DONE_JOBS_KEPT = 32
 
@@ -149,6 +149,9 @@ class Draft:
     patched: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     settings_changed: bool = False
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The scores of the active entries in entry order, as the store writes them, when a step produced them in its
+    # own pass (None: the store gathers them). Kept through appends, dropped by anything that changes deletions.
+    live: NDArray[np.float64] | None = None
 
     def append_entries(self, new: dict[str, NDArray[Any]], texts: list[str]) -> None:
         """New entries, all active: a value per array for each."""
@@ -159,6 +162,8 @@ class Draft:
         for name, dtype in ARRAYS.items():
             arrays[name] = columns.extend(arrays[name], np.asarray(new[name], dtype=dtype))
         self._appended_active(before, len(texts))
+        if self.live is not None:
+            self.live = columns.extend(self.live, arrays["score"][len(before) :])
         self.texts.extend(texts)
 
     def append_entry(self, values: tuple[Any, ...], text: str) -> None:
@@ -170,6 +175,8 @@ class Draft:
         for name, value in zip(ARRAYS, values, strict=True):
             arrays[name] = columns.extend_one(arrays[name], value)
         self._appended_active(before, 1)
+        if self.live is not None:
+            self.live = columns.extend_one(self.live, values[_SCORE])
         self.texts.append(text)
 
     def _appended_active(self, deleted_before: NDArray[Any], count: int) -> None:
@@ -182,14 +189,19 @@ class Draft:
             grown = columns.extend(memo[1], np.arange(len(deleted_before), len(deleted_before) + count, dtype=np.intp))
             state._active = (state.arrays["deleted"], grown)
 
-    def set_array(self, name: str, values: NDArray[Any]) -> None:
+    def set_array(self, name: str, values: NDArray[Any], live: NDArray[np.float64] | None = None) -> None:
+        """`values` replaces the array; for `score`, `live` may give the new scores of the active entries."""
         self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])
         self.rewritten.add(name)
         self.patched.pop(name, None)
+        if name in ("score", "deleted"):
+            self.live = live
 
     def patch_array(self, name: str, values: NDArray[Any], ranges: list[tuple[int, int]]) -> None:
         """`values` replaces the array; only the entries in `ranges` ((first, count) of existing entries) differ."""
         self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])
+        if name in ("score", "deleted"):
+            self.live = None
         if name not in self.rewritten:
             self.patched.setdefault(name, []).extend(ranges)
 

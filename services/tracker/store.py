@@ -195,10 +195,10 @@ class Store:
         for name, value in fields.items():
             argv.extend((name, value))
         spec: list[str] = []
-        blobs: list[bytes] = []
-        staged: list[tuple[str, bytes]] = []
+        blobs: list[wire.Chunk] = []
+        staged: list[tuple[str, wire.Chunk]] = []
 
-        def write(name: str, mode: str, blob: bytes, offset: int = 0) -> None:
+        def write(name: str, mode: str, blob: wire.Chunk, offset: int = 0) -> None:
             index = _STORED_INDEX[name]
             if mode == "s" and len(blob) >= STAGE_BYTES:
                 staged.append((stage_key(state.session_id, name), blob))
@@ -221,7 +221,8 @@ class Store:
             for first, count in pruned if name == "score" else draft.patched.get(name, ()):
                 write(name, "w", values[first : first + count].tobytes(), first * values.itemsize)
         if live_whole:
-            write(LIVE, "s", arrays["score"][state.active_index()].tobytes())
+            live = arrays["score"][state.active_index()] if draft.live is None else draft.live
+            write(LIVE, "s", memoryview(live).cast("B"))  # type: ignore[arg-type]  # framed from the array, not copied
         elif draft.appended:  # new entries are active: their scores join the live ones
             write(LIVE, "a", arrays["score"][len(arrays["score"]) - draft.appended :].tobytes())
         argv.extend((" ".join(spec), b"".join(blobs)))
@@ -234,7 +235,9 @@ class Store:
             return None
         return result
 
-    async def _send_commit(self, staged: list[tuple[str, bytes]], all_keys: tuple[bytes, ...], argv: list[Any]) -> int:
+    async def _send_commit(
+        self, staged: list[tuple[str, wire.Chunk]], all_keys: tuple[bytes, ...], argv: list[Any]
+    ) -> int:
         """One write, one round trip: EVALSHA, wrapped in MULTI/EXEC with the staged SETs when there are any (they
         and the script run together or not at all).
 
@@ -247,8 +250,11 @@ class Store:
                 self._sha = str(await self.redis.script_load(COMMIT_LUA))
             script = wire.pack(b"EVALSHA", self._sha, len(all_keys), *all_keys, *argv)
             if staged:
-                sets = [wire.pack(b"SET", key, blob) for key, blob in staged]
-                replies = await self._round_trip([wire.pack(b"MULTI"), *sets, script, wire.pack(b"EXEC")])
+                chunks: list[wire.Chunk] = [wire.MULTI]
+                for key, blob in staged:
+                    chunks.extend(wire.pack_set(key, blob))
+                chunks += (script, wire.EXEC)
+                replies = await self._round_trip(chunks, len(staged) + 3)
                 queued, outcome = replies[1:-1], replies[-1]
                 failed = next((r for r in queued if isinstance(r, Exception)), None)
                 if failed is None and isinstance(outcome, list):
@@ -257,21 +263,22 @@ class Store:
                         return int(outcome[-1])
                 error = failed or ResponseError(f"transaction aborted: {outcome!r}")
             else:
-                error = (await self._round_trip([script]))[0]
+                error = (await self._round_trip([script], 1))[0]
                 if not isinstance(error, Exception):
                     return int(error)
             if not str(error).startswith("NOSCRIPT") or attempt:
                 raise error
         raise AssertionError("unreachable")
 
-    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
-        """Sends packed commands in one write and returns one reply per command; error replies are returned, not
-        raised. Commits use connections of their own (services.tracker.wire), one per commit in flight."""
+    async def _round_trip(self, chunks: list[wire.Chunk], replies: int) -> list[Any]:
+        """Sends packed commands (their bytes in `chunks`) in one write and returns their `replies` replies; error
+        replies are returned, not raised. Commits use connections of their own (services.tracker.wire), one per
+        commit in flight."""
         for retry in (False, True):
             reused = bool(self._idle) and not retry
             pipe = self._idle.pop() if reused else await wire.Pipe.open(self.redis)
             try:
-                replies = await pipe.exchange(b"".join(commands), len(commands))
+                answers = await pipe.exchange(b"".join(chunks), replies)
             except RedisConnectionError:
                 if not reused:
                     raise
@@ -280,7 +287,7 @@ class Store:
                 await self.aclose()
                 continue
             self._idle.append(pipe)
-            return replies
+            return answers
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

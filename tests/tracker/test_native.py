@@ -108,9 +108,11 @@ def test_score_update_is_bit_identical_to_numpy(
     expected[index] = scoring.step_scores(scores[index], positions[index], attention, **settings_)  # type: ignore[arg-type]
     got = scores.copy()
     epsilon = 1e-4
-    changed = scoring.update_active(got, positions, active, attention, **settings_, epsilon=epsilon)  # type: ignore[arg-type]
+    live = np.empty(count)
+    changed = scoring.update_active(got, positions, active, attention, **settings_, epsilon=epsilon, live=live)  # type: ignore[arg-type]
     assert got.tobytes() == expected.tobytes()  # bit for bit, -0.0 included
     np.testing.assert_array_equal(changed, np.flatnonzero(np.abs(expected - scores) > epsilon))
+    assert live.tobytes() == expected[index].tobytes()  # the new scores in active order, as the store keeps them
 
 
 @settings(deadline=None, max_examples=80)

@@ -104,9 +104,12 @@ def test_without_the_c_kernels_the_fallback_paths_give_the_same_results(monkeypa
         monkeypatch.setattr(native, "available", lambda available=available: available)
         mean, suspicious = scoring.mean_of_full(tensor)
         updated = scores.copy()
-        changed = scoring.update_active(updated, positions, active, attention, **settings, epsilon=0.05)  # type: ignore[arg-type]
-        results.append((mean, suspicious, updated, changed))
-    (fast_mean, fast_flag, fast_scores, fast_changed), (slow_mean, slow_flag, slow_scores, slow_changed) = results
+        live = np.empty(len(active))
+        changed = scoring.update_active(updated, positions, active, attention, **settings, epsilon=0.05, live=live)  # type: ignore[arg-type]
+        results.append((mean, suspicious, updated, changed, live))
+    (fast_mean, fast_flag, fast_scores, fast_changed, fast_live) = results[0]
+    (slow_mean, slow_flag, slow_scores, slow_changed, slow_live) = results[1]
+    assert fast_live.tobytes() == slow_live.tobytes() == fast_scores[active].tobytes()
     np.testing.assert_allclose(fast_mean, slow_mean, rtol=1e-6)
     assert fast_flag is slow_flag is False
     assert fast_scores.tobytes() == slow_scores.tobytes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import numpy as np
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,6 +17,12 @@ from services.tracker import wire
 
 def test_pack_is_resp_bulk_strings() -> None:
     assert wire.pack(b"SET", "k", 12, b"\x00\r\n") == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$3\r\n\x00\r\n\r\n"
+
+
+def test_pack_set_frames_a_view_as_pack_frames_its_bytes() -> None:
+    values = np.arange(5, dtype="<f8")
+    assert b"".join(wire.pack_set("k", memoryview(values))) == wire.pack(b"SET", b"k", values.tobytes())
+    assert b"".join(wire.pack_set(b"k", b"v")) == wire.pack(b"SET", b"k", b"v")
 
 
 async def test_a_batch_returns_every_reply_in_order_with_errors_in_place(redis: Redis) -> None:

@@ -94,7 +94,7 @@ def _load() -> ctypes.CDLL | None:
     lib.hw_score_step.restype = ctypes.c_int64
     lib.hw_score_step.argtypes = [
         pointer, pointer, pointer, size, pointer, pointer, size,
-        ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_double, ctypes.c_double, pointer,
+        ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_double, ctypes.c_double, pointer, pointer,
     ]  # fmt: skip
     lib.hw_sentence_runs.restype = ctypes.c_int64
     lib.hw_sentence_runs.argtypes = [
@@ -155,14 +155,18 @@ def score_step(
     decay_mode: str,
     decay_rate: float,
     epsilon: float,
+    live: NDArray[np.float64],
 ) -> NDArray[np.int64]:
-    """Updates scores[active] in place (all of them when `active` is None) and returns the indices of the entries
-    whose score moved by more than `epsilon`, ascending; see hw_score_step in kernels.c."""
+    """Updates scores[active] in place (all of them when `active` is None), writes the new scores in that order to
+    `live`, and returns the indices of the entries whose score moved by more than `epsilon`, ascending; see
+    hw_score_step in kernels.c."""
     lib = _required()
     count = len(positions) if active is None else len(active)
-    if len(attention) != count:
-        raise ValueError("attention must hold one value per active entry")
-    checked = ((scores, np.float64), (positions, np.int64), (table, np.float64), (attention, np.float32))
+    if len(attention) != count or len(live) != count:
+        raise ValueError("attention and live must hold one value per active entry")
+    checked = (
+        (scores, np.float64), (positions, np.int64), (table, np.float64), (attention, np.float32), (live, np.float64)
+    )  # fmt: skip
     _check("score_step", checked if active is None else (*checked, (active, np.int64)))
     changed = np.empty(count, dtype=np.int64)
     status = lib.hw_score_step(
@@ -179,6 +183,7 @@ def score_step(
         decay_rate,
         epsilon,
         changed.ctypes.data,
+        live.ctypes.data,
     )
     if status == -1:
         raise ValueError(f"unknown decay mode {decay_mode!r}")

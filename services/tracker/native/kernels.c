@@ -148,11 +148,12 @@ enum { DECAY_ADDITIVE = 0, DECAY_EXPONENTIAL = 1, DECAY_NONE = 2 };
  *     none:        score = gain + score
  * where query is the last active entry's position. The caller guarantees every distance is < table_len.
  * The entry index of every score that moved by more than `epsilon` (|new - old| > epsilon, as numpy computes it) is
- * written to `changed` in ascending order (room for `count`): the brightness batch needs no second pass.
+ * written to `changed` in ascending order (room for `count`): the brightness batch needs no second pass. The new
+ * scores are also written to `live` (room for `count`) in the order of `active`, which is how the store keeps them.
  * Returns the number of changed entries, -1 for an unknown decay mode, -2 for a distance beyond the table. */
 int64_t hw_score_step(double *scores, const int64_t *positions, const int64_t *active, size_t count,
                       const float *attention, const double *table, size_t table_len, int apply_boost, double boost,
-                      int decay_mode, double rate, double epsilon, int64_t *changed) {
+                      int decay_mode, double rate, double epsilon, int64_t *changed, double *live) {
     if (count == 0) return 0;
     if (decay_mode < DECAY_ADDITIVE || decay_mode > DECAY_NONE) return -1;
     int64_t query = positions[active ? active[count - 1] : (int64_t)(count - 1)];
@@ -178,6 +179,7 @@ int64_t hw_score_step(double *scores, const int64_t *positions, const int64_t *a
             updated = gain;
         }
         scores[i] = updated;
+        live[k] = updated;
         double delta = updated - score;
         if (delta < 0.0) delta = -delta;
         if (delta > epsilon) changed[moved++] = (int64_t)i; /* NaN compares false, as in numpy */
