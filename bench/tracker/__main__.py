@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bench.tracker import aggregation, remote, steps
+from bench.tracker import aggregation, placement, remote, steps
 from bench.tracker.stats import summary
 from devstack.procs import free_port, start_redis
 from services.common import model_store
@@ -33,11 +33,14 @@ TARGET_P99_US = {8192: 1000.0, 32768: 5000.0}
 WARM_UP_STEPS = 20
 LONG_CONTEXT, LONG_HISTORY = 8192, 57344
 LONG_KEY, LONG_KIND = "8192:reduced_after_56k_pruned", "+56k pruned"
+COLOCATED_KEY, COLOCATED_KIND = "8192:reduced_redis_on_same_core", "Redis pinned"
 LONG_SLOWDOWN_ALLOWED = 1.25  # a step after a long pruned history, against the same step without one (p50)
 BRIGHTNESS_SAMPLE_STEPS = 20
 
 
-async def step_bench(redis_url: str, contexts: list[int], repeats: int, per_repeat: int) -> dict[str, Any]:
+async def step_bench(
+    redis_url: str, redis_pid: int, contexts: list[int], repeats: int, per_repeat: int
+) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     template = ChatTemplate(AutoTokenizer.from_pretrained(str(model_store.model_path())))
@@ -63,6 +66,14 @@ async def step_bench(redis_url: str, contexts: list[int], repeats: int, per_repe
                 samples.setdefault(f"{context}:{'full' if full else 'reduced'}", []).extend(got)
             if context == LONG_CONTEXT:
                 samples.setdefault(LONG_KEY, []).extend(await steps.timed_steps(long, False, per_repeat))
+                if len(placement.cores()) > 1:
+                    own, other = placement.cores()[:2]
+                    with placement.pinned(redis_pid, own, own):
+                        got = await steps.timed_steps(benches[(context, False)], False, per_repeat)
+                        samples.setdefault(COLOCATED_KEY, []).extend(got)
+                        samples.setdefault("ping:same_core", []).extend(await placement.ping_after_work(client))
+                    with placement.pinned(redis_pid, other, own):
+                        samples.setdefault("ping:other_core", []).extend(await placement.ping_after_work(client))
             model = benches[(context, False)].attention
             for _ in range(max(3, per_repeat // (4 * scale))):
                 got_naive = await steps.naive_step(client, naive_keys[context], model)
@@ -106,7 +117,7 @@ def main() -> int:
         url = f"redis://127.0.0.1:{port}/0"
         try:
             agg = {k: summary(v) for k, v in aggregation.run(rounds).items()}
-            step = asyncio.run(step_bench(url, contexts, repeats, per_repeat))
+            step = asyncio.run(step_bench(url, redis_proc.popen.pid, contexts, repeats, per_repeat))
             agreement = remote_bench(url, Path(tmp), repeats * per_repeat)
         finally:
             redis_proc.stop()
@@ -182,6 +193,8 @@ def build_report(agg: dict[str, Any], step: dict[str, Any], agreement: dict[str,
         rows = {kind: step[f"{context}:{kind}"] for kind in ("reduced", "full", "baseline")}
         if context == LONG_CONTEXT:
             rows[LONG_KIND] = step[LONG_KEY]
+            if COLOCATED_KEY in step:
+                rows[COLOCATED_KIND] = step[COLOCATED_KEY]
         for kind, row in rows.items():
             speedup = baseline["p50_us"] / row["p50_us"]
             lit = row.get("brightness_positions_per_step")
@@ -191,6 +204,14 @@ def build_report(agg: dict[str, Any], step: dict[str, Any], agreement: dict[str,
             )
     print("  brightness/step: positions per brightness event (scores that changed, at most 512), as written")
     print("  +56k pruned: a reduced 8k step after 56k earlier tokens of the conversation were pruned away")
+    if COLOCATED_KEY in step:
+        same, other = step["ping:same_core"], step["ping:other_core"]
+        print(
+            f"  Redis pinned: the reduced 8k step with Redis and the tracker pinned to one core. This machine's cost of"
+            f" waking an idle Redis\n    (a PING after {placement.GAP_S * 1e6:.0f} µs of work): p50"
+            f" {other['p50_us']:.0f} µs on the other core, {same['p50_us']:.0f} µs on the same core"
+            f" (p99 {other['p99_us']:.0f} / {same['p99_us']:.0f})"
+        )
     client = agreement["client_round_trip"]
     print("\n8k reduced step through a real tracker process (gRPC) vs its Prometheus histogram")
     print(
