@@ -197,28 +197,42 @@ int64_t hw_score_step(double *scores, const int64_t *positions, const int64_t *a
 int64_t hw_sentence_runs(const int64_t *active, size_t count, const int64_t *keys, const double *scores,
                          const uint8_t *role, const int32_t *turn, int32_t last_user_turn, int32_t gen_turn,
                          int64_t *run_key, double *run_max, int64_t *run_first, int64_t *run_size) {
-    int64_t runs = -1;
+    /* The open run lives in locals and is written out when it ends: updating the output rows entry by entry made
+     * every iteration wait on the previous one's store (the outputs may alias the inputs, as far as C knows). */
+    int64_t runs = 0, current = 0, first = 0, size = 0;
+    double best = 0.0;
     int have = 0;
-    int64_t current = 0;
+#define HW_FLUSH_RUN()                                                                                               \
+    do {                                                                                                             \
+        run_key[runs] = current;                                                                                     \
+        run_max[runs] = best;                                                                                        \
+        run_first[runs] = first;                                                                                     \
+        run_size[runs] = size;                                                                                       \
+        runs++;                                                                                                      \
+    } while (0)
     for (size_t k = 0; k < count; k++) {
         int64_t i = active[k];
-        if (role[i] == 0 || turn[i] == last_user_turn || (gen_turn >= 0 && turn[i] == gen_turn)) {
+        int32_t t = turn[i];
+        if (role[i] == 0 || t == last_user_turn || (gen_turn >= 0 && t == gen_turn)) {
+            if (have) HW_FLUSH_RUN();
             have = 0;
             continue;
         }
+        int64_t key = keys[i];
         double score = scores[i];
-        if (!have || keys[i] != current) {
-            runs++;
-            current = keys[i];
-            have = 1;
-            run_key[runs] = current;
-            run_max[runs] = score;
-            run_first[runs] = (int64_t)k;
-            run_size[runs] = 1;
+        if (have && key == current) {
+            best = (score > best || score != score) ? score : best; /* NaN propagates, as np.maximum */
+            size++;
         } else {
-            if (score > run_max[runs] || score != score) run_max[runs] = score; /* NaN propagates, as np.maximum */
-            run_size[runs]++;
+            if (have) HW_FLUSH_RUN();
+            current = key;
+            best = score;
+            first = (int64_t)k;
+            size = 1;
+            have = 1;
         }
     }
-    return runs + 1;
+    if (have) HW_FLUSH_RUN();
+#undef HW_FLUSH_RUN
+    return runs;
 }
