@@ -13,6 +13,7 @@ from services.common.errors import AlreadyExists, DataLoss, FailedPrecondition, 
 from services.tracker.dictionary import BRIGHTNESS_MAX_POSITIONS
 from services.tracker.engine import Engine
 from services.tracker.frames import FrameInput
+from services.tracker.state import SessionState
 from services.tracker.store import STAGE_BYTES, Store, array_key, meta_key, stage_key
 
 from .conftest import EngineFactory, read_events
@@ -20,6 +21,13 @@ from .conftest import EngineFactory, read_events
 
 def vector(n: int, value: float = 0.0) -> np.ndarray:
     return np.full(n, value, dtype=np.float32)
+
+
+async def assert_stored_as_held(redis: Redis, held: SessionState) -> None:
+    """What Redis holds for the session, loaded afresh, equals the state a replica keeps after its commit."""
+    stored = await Store(redis).load(held.session_id)
+    for name, values in held.arrays.items():
+        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
 
 
 async def dictionary(engine: Engine, session_id: str) -> list[tuple]:
@@ -344,9 +352,7 @@ async def test_pruned_flags_are_written_in_place_exactly(make_engine: EngineFact
     outcome = await engine.frame(sid, "j", FrameInput(0, 5, attention))
     assert outcome.pruned_sentences >= 2
     held = engine._cache[sid]  # the replica's state after its commit
-    stored = await Store(redis).load(sid)
-    for name, values in held.arrays.items():
-        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+    await assert_stored_as_held(redis, held)
 
 
 async def test_pruning_a_sentence_restored_partly_deleted_writes_each_entry(
@@ -371,9 +377,7 @@ async def test_pruning_a_sentence_restored_partly_deleted_writes_each_entry(
     assert opened.pruned_sentences >= 1  # the header Open appends adds to the excess
     held = engine._cache[sid]
     assert held.arrays["deleted"][first_sentence].all()
-    stored = await Store(redis).load(sid)
-    for name, values in held.arrays.items():
-        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+    await assert_stored_as_held(redis, held)
 
 
 async def _long_history(engine: Engine, budget: int) -> tuple[str, int]:
@@ -408,9 +412,7 @@ async def test_a_step_writes_the_active_scores_not_the_whole_history(make_engine
     held = engine._cache[sid]
     # The active index is carried over appends, not recomputed: it must still be what the flags say.
     np.testing.assert_array_equal(held.active_index(), np.flatnonzero(held.arrays["deleted"] == 0))
-    stored = await Store(redis).load(sid)
-    for name, values in held.arrays.items():
-        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+    await assert_stored_as_held(redis, held)
 
 
 async def test_pruned_entries_keep_their_final_score_in_the_score_column(
@@ -452,9 +454,7 @@ async def test_a_session_stored_before_live_scores_loads_and_moves_to_them(
     await other.frame(sid, "j", FrameInput(1, 5, vector(loaded.active_count(), 0.5)))
     after = other._cache[sid]
     assert after.meta.live_scores == 1
-    stored = await Store(redis).load(sid)
-    for name, values in after.arrays.items():
-        np.testing.assert_array_equal(stored.arrays[name], values, err_msg=name)
+    await assert_stored_as_held(redis, after)
 
 
 async def test_live_scores_that_do_not_match_the_active_entries_are_refused(
