@@ -337,14 +337,19 @@ async def test_commits_survive_the_server_closing_their_connections(make_engine:
     assert state.arrays["pos"][-1] == last and last >= first
 
 
-async def test_pruned_flags_are_written_in_place_exactly(make_engine: EngineFactory, redis: Redis) -> None:
-    """A prune overwrites only the pruned entries' flags in Redis: what is stored equals what the replica holds."""
-    engine = await make_engine()
+async def _five_sentences_opened(engine: Engine) -> tuple[str, int]:
+    """A session with five short sentences and a question, its reply opened: (session id, active count)."""
     sid = (await engine.create_session({"decay_mode": "none", "distance_mode": "none"}, "Sys.")).session_id
     await engine.append_message(sid, "user", "Alpha one. Bravo two. Charlie three. Delta four. Echo five.")
     await engine.append_message(sid, "user", "Latest question?")
     opened = await engine.open(sid, "j")
-    n = len(opened.context.positions)
+    return sid, len(opened.context.positions)
+
+
+async def test_pruned_flags_are_written_in_place_exactly(make_engine: EngineFactory, redis: Redis) -> None:
+    """A prune overwrites only the pruned entries' flags in Redis: what is stored equals what the replica holds."""
+    engine = await make_engine()
+    sid, n = await _five_sentences_opened(engine)
     attention = np.full(n, 0.5, dtype=np.float32)
     attention[n // 4 : n // 4 + 4] = 0.0  # two dim stretches apart: pruned sentences in separate runs
     attention[n // 2 : n // 2 + 4] = 0.0
@@ -419,11 +424,7 @@ async def test_pruned_entries_keep_their_final_score_in_the_score_column(
     make_engine: EngineFactory, redis: Redis
 ) -> None:
     engine = await make_engine()
-    sid = (await engine.create_session({"decay_mode": "none", "distance_mode": "none"}, "Sys.")).session_id
-    await engine.append_message(sid, "user", "Alpha one. Bravo two. Charlie three. Delta four. Echo five.")
-    await engine.append_message(sid, "user", "Latest question?")
-    opened = await engine.open(sid, "j")
-    n = len(opened.context.positions)
+    sid, n = await _five_sentences_opened(engine)
     await engine.frame(sid, "j", FrameInput(0, 5, vector(n, 0.25)))  # every active score becomes 0.25
     await engine.update_settings(sid, {"max_context_tokens": n - 4})
     outcome = await engine.frame(sid, "j", FrameInput(1, 5, vector(n + 1, 0.5)))
