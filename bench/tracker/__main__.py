@@ -3,7 +3,10 @@
 1. Aggregating a 28x28x500 fp16 tensor: the tracker's reduction vs a plain numpy mean, and vs the original tool's 5 ms.
 2. Step update (frame bytes in -> scores in Redis -> events appended), in process on a real Redis, at 1k/8k/32k active
    tokens, for a reduced vector and for the `full` tensor (30x9 heads), against the one-hash-field-per-token layout
-   (baseline), interleaved over repeats. Pruning is on with the budget at the context size, as in steady use.
+   (baseline), interleaved over repeats. Pruning is on with the budget at the context size, as in steady use, and the
+   attention rows are shaped like SmolLM2's own (bench/tracker/attention.py), so brightness really changes. Also at
+   8k: a session that has pruned 56k earlier tokens (the step must cost what the active context costs), and the step
+   with Redis pinned to the tracker's core beside this machine's cost of waking an idle Redis (placement.py).
 3. The same 8k step through a real tracker process over gRPC, and its Prometheus histogram read back.
 """
 
