@@ -11,6 +11,7 @@ from haloweave.tracker.v1 import tracker_pb2 as pb
 from haloweave.tracker.v1 import tracker_pb2_grpc
 
 from bench.tracker.attention import AttentionModel
+from bench.tracker.steps import next_context
 from devstack.procs import Proc, free_port, python_module, wait_until
 from services.common.grpc_server import channel
 
@@ -55,9 +56,7 @@ async def drive(address: str, context: int, steps: int) -> list[float]:
             await call.write(request)
             directive = (await call.read()).directive
             samples.append(time.perf_counter() - started)
-            positions = np.append(positions, directive.position)
-            if directive.evict_positions:
-                positions = np.setdiff1d(positions, directive.evict_positions, assume_unique=True)
+            positions = next_context(positions, directive.position, list(directive.evict_positions))
         await call.write(pb.GenerateRequest(finish=pb.Finish(reason="length", tokens=steps)))
         await call.read()
         await call.done_writing()

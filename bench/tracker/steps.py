@@ -35,9 +35,13 @@ class Bench:
     attention: AttentionModel
 
     def advance(self, position: int, evicted: list[int]) -> None:
-        """The context after a step: its token appended, the pruned positions gone."""
-        positions = np.append(self.positions, position)
-        self.positions = np.setdiff1d(positions, evicted, assume_unique=True) if evicted else positions
+        self.positions = next_context(self.positions, position, evicted)
+
+
+def next_context(positions: NDArray[np.int64], position: int, evicted: list[int]) -> NDArray[np.int64]:
+    """The active positions after a step, as a worker tracks them: its token appended, the pruned positions gone."""
+    grown = np.append(positions, position)
+    return np.setdiff1d(grown, evicted, assume_unique=True) if evicted else grown
 
 
 async def prepare(engine: Engine, context: int, full: bool, history: int = 0) -> Bench:
