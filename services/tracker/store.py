@@ -65,8 +65,8 @@ if current ~= tonumber(ARGV[1]) then
 end
 local i = 3
 local pairs_n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, pairs_n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
+if pairs_n > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * pairs_n - 1)); i = i + 2 * pairs_n
 end
 local blob, offset = ARGV[i + 1], 1
 for index, mode, size, at in string.gmatch(ARGV[i], '(%d+)(%a)(%d+)@?(%d*)') do
@@ -91,13 +91,14 @@ while i < first + texts do
   redis.call('RPUSH', KEYS[4], unpack(ARGV, i, last))
   i = last + 1
 end
-local id = tonumber(redis.call('GET', KEYS[3]) or '0')
-while i < #ARGV do
-  id = redis.call('INCR', KEYS[3])
+local count = (#ARGV - i + 1) / 2
+if count == 0 then return tonumber(redis.call('GET', KEYS[3]) or '0') end
+local last = redis.call('INCRBY', KEYS[3], count)
+for id = last - count + 1, last do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'type', ARGV[i], 'data', ARGV[i + 1])
   i = i + 2
 end
-return id
+return last
 """
 
 
