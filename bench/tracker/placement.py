@@ -2,7 +2,7 @@
 
 A step ends with one round trip to Redis, and between two steps Redis sits idle for a few hundred microseconds. On
 a virtual machine an idle vCPU is halted, and waking it for the next request costs far more than the request itself
-(seen here: a PING after 300 µs of work took ~120 µs to a Redis on the other vCPU, ~20 µs to one on the same vCPU).
+(seen here: a PING after 300 µs of work took ~105 µs to a Redis on the other vCPU, ~16 µs to one on the same vCPU).
 So the bench also times the 8k step with Redis pinned to the tracker's core, beside the placement the OS chooses,
 and measures that wake-up cost in the same run: the difference is the machine's, not the tracker's.
 """
@@ -27,12 +27,12 @@ def cores() -> list[int]:
 
 
 @contextmanager
-def pinned(redis_pid: int, redis_core: int | None, own_core: int | None) -> Iterator[None]:
-    """Pins Redis and this process to the given cores (None: any core) for the block, then lets both run anywhere."""
+def pinned(redis_pid: int, redis_core: int, own_core: int) -> Iterator[None]:
+    """Pins Redis and this process to the given cores for the block, then lets both run anywhere again."""
     everywhere = set(cores())
     try:
-        os.sched_setaffinity(redis_pid, everywhere if redis_core is None else {redis_core})
-        os.sched_setaffinity(0, everywhere if own_core is None else {own_core})
+        os.sched_setaffinity(redis_pid, {redis_core})
+        os.sched_setaffinity(0, {own_core})
         yield
     finally:
         os.sched_setaffinity(redis_pid, everywhere)

@@ -194,8 +194,10 @@ class Draft:
         self.state.arrays[name] = np.asarray(values, dtype=ARRAYS[name])
         self.rewritten.add(name)
         self.patched.pop(name, None)
-        if name in ("score", "deleted"):
+        if name == "score":
             self.live = live
+        elif name == "deleted":  # another active set: the store gathers the live scores again
+            self.live = None
 
     def patch_array(self, name: str, values: NDArray[Any], ranges: list[tuple[int, int]]) -> None:
         """`values` replaces the array; only the entries in `ranges` ((first, count) of existing entries) differ."""
