@@ -45,3 +45,15 @@ class DataLoss(HaloWeaveError):
 
 class Unavailable(HaloWeaveError):
     code = "unavailable"
+
+
+class Overloaded(HaloWeaveError):
+    """No room for one more request (every slot taken, the queue at its bound): try again shortly."""
+
+    code = "overloaded"
+
+
+class Busy(HaloWeaveError):
+    """The session is already doing what was asked (e.g. generating a reply): one at a time."""
+
+    code = "busy"

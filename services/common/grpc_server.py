@@ -36,6 +36,8 @@ _STATUS = {
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "busy": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # The client side of the same mapping: a peer's status becomes the domain error it stands for.

@@ -28,6 +28,11 @@ class InferenceConfig:
     worker_prefix: str = ""
     # A job pending this long on a consumer that no longer refreshes it belongs to a dead worker and is reclaimed.
     claim_idle_ms: int = 15_000
+    # Continuous batching: conversations in one forward, replies queued behind them (one more is refused as
+    # `overloaded`), and tokens per forward (every decode, then prefill chunks: the bound on a step's duration).
+    max_running: int = 16
+    max_waiting: int = 64
+    max_batched_tokens: int = 128
     # Ray's own RAY_ADDRESS joins an existing cluster (Kubernetes, compose); unset, a private local Ray is started.
     ray_address: str = "local"
 
@@ -36,6 +41,15 @@ class InferenceConfig:
             raise config.ConfigError(f"HALOWEAVE_INFERENCE_WORKERS={self.workers} must be at least 1")
         if self.kv_budget_bytes < 0:
             raise config.ConfigError(f"HALOWEAVE_KV_BUDGET_BYTES={self.kv_budget_bytes} must not be negative")
+        if self.max_running < 1:
+            raise config.ConfigError(f"HALOWEAVE_MAX_RUNNING={self.max_running} must be at least 1")
+        if self.max_waiting < 0:
+            raise config.ConfigError(f"HALOWEAVE_MAX_WAITING={self.max_waiting} must not be negative")
+        if self.max_batched_tokens < self.max_running:
+            raise config.ConfigError(
+                f"HALOWEAVE_MAX_BATCHED_TOKENS={self.max_batched_tokens} must be at least HALOWEAVE_MAX_RUNNING"
+                f"={self.max_running}: every running conversation decodes one token per step"
+            )
         if self.claim_idle_ms < 1000:
             raise config.ConfigError(f"HALOWEAVE_CLAIM_IDLE_MS={self.claim_idle_ms} must be at least 1000")
 
@@ -64,5 +78,8 @@ class InferenceConfig:
             model_path=str(model_store.model_path()),
             worker_prefix=config.get("HALOWEAVE_WORKER_PREFIX", socket.gethostname()),
             claim_idle_ms=config.get_int("HALOWEAVE_CLAIM_IDLE_MS", 15_000),
+            max_running=config.get_int("HALOWEAVE_MAX_RUNNING", 16),
+            max_waiting=config.get_int("HALOWEAVE_MAX_WAITING", 64),
+            max_batched_tokens=config.get_int("HALOWEAVE_MAX_BATCHED_TOKENS", 128),
             ray_address=config.get("RAY_ADDRESS", "local"),
         )

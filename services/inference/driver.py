@@ -66,6 +66,9 @@ class Driver:
                 snapshot_addr=self.config.snapshot_addr,
                 kv_budget_bytes=self.config.kv_budget_bytes,
                 claim_idle_ms=self.config.claim_idle_ms,
+                max_running=self.config.max_running,
+                max_waiting=self.config.max_waiting,
+                max_batched_tokens=self.config.max_batched_tokens,
             )
             self.actors[worker_id] = remote.remote(settings, functools.partial(build_engine, engine_config))
 

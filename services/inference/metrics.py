@@ -30,6 +30,18 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
         (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5),
         "Time between two tokens of one reply (decode and the tracker's step).",
     ),
+    "batch_size": (
+        (1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+        "Conversations advanced by one forward (decodes and prefill chunks).",
+    ),
+    "prefill_tokens_per_step": (
+        (0, 16, 32, 64, 128, 256, 512, 1024, 2048),
+        "Context tokens (prompts, rebuilds) fed in one forward besides the decodes.",
+    ),
+    "step_seconds": (
+        (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0),
+        "One step of the batch: forward, the tracker's answers, cache edits.",
+    ),
     "queue_wait_seconds": (
         (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
         "Job enqueued to taken by the worker that runs it.",
@@ -65,6 +77,10 @@ class WorkerStats:
     restores: int = 0
     sessions: int = 0
     kv_bytes: int = 0
+    running: int = 0  # conversations in the batch
+    waiting: int = 0  # opened replies queued for a place in the batch
+    kv_reserved_bytes: int = 0  # KV bytes the running conversations may reach
+    kv_budget_bytes: int = 0
     ready: bool = False
 
     def observe(self, name: str, value: float) -> None:
@@ -88,6 +104,10 @@ class WorkerStats:
             "restores": self.restores,
             "sessions": self.sessions,
             "kv_bytes": self.kv_bytes,
+            "running": self.running,
+            "waiting": self.waiting,
+            "kv_reserved_bytes": self.kv_reserved_bytes,
+            "kv_budget_bytes": self.kv_budget_bytes,
             "jobs_done": self.jobs_done,
             "ready": self.ready,
         }
@@ -172,6 +192,22 @@ class StatsCollector(Collector):
         )
         yield GaugeMetricFamily(
             PREFIX + "kv_cache_bytes", "Bytes of KV cache held by the workers.", value=sum(s["kv_bytes"] for s in live)
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "running_conversations",
+            "Conversations in the workers' batches (one forward advances them all).",
+            value=sum(s["running"] for s in live),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "waiting_conversations",
+            "Opened replies queued for a place in a batch.",
+            value=sum(s["waiting"] for s in live),
+        )
+        budget = sum(s["kv_budget_bytes"] for s in live)
+        yield GaugeMetricFamily(
+            PREFIX + "kv_cache_usage_ratio",
+            "KV bytes held or reserved by running conversations, over the workers' KV budgets.",
+            value=(sum(max(s["kv_bytes"], s["kv_reserved_bytes"]) for s in live) / budget) if budget else 0.0,
         )
         yield GaugeMetricFamily(
             PREFIX + "workers_alive", "Worker actors that answered the last poll.", value=len(self.alive)

@@ -7,6 +7,7 @@ them through the snapshot service, or drop them: the tracker's active tokens can
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Generic, Protocol, TypeVar
 
 
@@ -47,14 +48,14 @@ class SessionTable(Generic[C]):
     def total_bytes(self) -> int:
         return sum(cache.nbytes for cache in self._caches.values())
 
-    def over_budget(self, keep: str | None = None) -> list[str]:
-        """Sessions to let go, least recently used first, until the rest fits; `keep` (the one in use) stays."""
+    def over_budget(self, keep: Collection[str] = ()) -> list[str]:
+        """Sessions to let go, least recently used first, until the rest fits; those in `keep` (in use) stay."""
         total = self.total_bytes
         victims: list[str] = []
         for session_id, cache in self._caches.items():
             if total <= self.budget_bytes:
                 break
-            if session_id == keep:
+            if session_id in keep:
                 continue
             victims.append(session_id)
             total -= cache.nbytes

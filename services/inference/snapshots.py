@@ -18,7 +18,6 @@ from services.common.errors import DataLoss, FailedPrecondition
 from services.inference import snapshot_io
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.engine import Engine, SessionCache
-from services.inference.generation import sync_plan
 
 CACHE_IMPL = "dynamic"
 DEFAULT_OBFUSCATION = ("rotate_heads", "xor_mask", "remap_ids")
@@ -74,7 +73,7 @@ class Snapshots:
         return info, len(positions)
 
     def _settle(self, cache: SessionCache, positions: list[int], token_ids: list[int]) -> None:
-        plan = sync_plan(cache, positions, token_ids)
+        plan = cache.sync_plan(positions, token_ids)
         if plan is None:
             self.engine.rebuild(cache, token_ids, positions)
             return

@@ -1,6 +1,9 @@
 """One inference worker: takes jobs from Redis, runs them on its engine, keeps its sessions' caches under a budget.
 
-It knows nothing of Ray (see `actor`), so tests run it in-process with the real engine against real peers.
+Jobs are taken as they come and each runs as its own task: generate jobs of different sessions join the batch of
+the step loop (`batcher`), so they advance together; a session has at most one job at a time (a second reply is
+refused as `busy`, a snapshot waits for the reply to end). It knows nothing of Ray (see `actor`), so tests run it
+in-process with the real engine against real peers.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.errors import AlreadyExists, HaloWeaveError, NotFound
+from services.common.errors import AlreadyExists, Busy, HaloWeaveError, NotFound
 from services.inference.affinity import Affinity
+from services.inference.batcher import Batcher
 from services.inference.clients import SnapshotClient, TrackerClient
+from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import Engine, SessionCache
-from services.inference.generation import Reply, ReplyStats
 from services.inference.jobs import BadJob, Job, JobQueue
 from services.inference.metrics import WorkerStats
+from services.inference.reply import TrackerPeer
+from services.inference.scheduler import Limits
 from services.inference.sessions import SessionTable
 from services.inference.snapshots import Snapshots
 
@@ -45,6 +51,9 @@ class WorkerSettings:
     snapshot_addr: str
     kv_budget_bytes: int
     claim_idle_ms: int = 15_000
+    max_running: int = 16
+    max_waiting: int = 64
+    max_batched_tokens: int = 128
 
 
 class Worker:
@@ -61,6 +70,17 @@ class Worker:
         self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms)
         self.affinity = Affinity(self.redis, self.worker_id, heartbeat_ttl_ms=settings.claim_idle_ms)
         self.last_reply: ReplyStats | None = None  # for status and tests: how the latest reply went
+        limits = Limits(
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            max_batched_tokens=settings.max_batched_tokens,
+            kv_budget_bytes=settings.kv_budget_bytes,
+        )
+        self.stats.kv_budget_bytes = settings.kv_budget_bytes
+        self.batcher = Batcher(engine, limits, self.stats, on_load=self._load_changed)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._active: dict[str, Job] = {}  # session id -> the job that has it now
+        self._session_free: dict[str, asyncio.Event] = {}
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -70,17 +90,20 @@ class Worker:
         await self.redis.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serves jobs until `stop` is set; the heartbeat keeps this worker's sessions routed to it."""
+        """Serves jobs until `stop` is set, then lets the jobs at hand finish; the heartbeat keeps this worker's
+        sessions routed to it."""
         await self.queue.ensure_groups()
-        await self.affinity.heartbeat()
+        await self.affinity.heartbeat(self.batcher.load)
         self.stats.ready = True
         beat = asyncio.create_task(self._heartbeat(stop))
+        halt = asyncio.Event()  # the step loop outlives intake: it stops once the jobs at hand are done
+        steps = asyncio.create_task(self.batcher.run(halt))
         try:
             while not stop.is_set():
                 try:
                     job = await self.queue.next(block_ms=500)
                     if job is not None:
-                        await self.handle(job)
+                        self._spawn(self.handle(job))
                 except ResponseError as error:
                     if "NOGROUP" not in str(error):
                         raise
@@ -91,16 +114,35 @@ class Worker:
                     # A pending job stays pending in Redis and is picked up again once it is back.
                     log.warning("%s: Redis unavailable (%s); retrying", self.worker_id, error)
                     await asyncio.sleep(1.0)
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            halt.set()
+            for task in (beat, steps, *self._tasks):
+                task.cancel()
+            for task in (beat, steps, *self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _load_changed(self, load: int) -> None:
+        self._spawn(self._report_load(load))
+
+    async def _report_load(self, load: int) -> None:
+        try:
+            await self.affinity.report_load(load)
+        except Exception as error:  # the next heartbeat reports it again
+            log.debug("%s: could not report load: %s", self.worker_id, error)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         period = self.settings.claim_idle_ms / 3000
         while not stop.is_set():
             try:
-                await self.affinity.heartbeat()
+                await self.affinity.heartbeat(self.batcher.load)
                 await self.affinity.sweep()
             except Exception:
                 log.exception("%s: heartbeat failed", self.worker_id)
@@ -108,6 +150,13 @@ class Worker:
 
     async def handle(self, job: Job) -> None:
         """Takes one job from the queue to its single completion (or forwards it to the worker that owns it)."""
+        try:
+            await self._handle(job)
+        except Exception:
+            # Redis went away mid-job, say: the job stays pending and is taken again (reclaimed or re-read).
+            log.exception("%s: job %s left pending", self.worker_id, job.job_id)
+
+    async def _handle(self, job: Job) -> None:
         try:
             job.validate()
         except BadJob as error:
@@ -138,14 +187,14 @@ class Worker:
         started = time.monotonic()
         keep = asyncio.create_task(self._keep(job))
         try:
-            outcome, job_events = await self._run(job)
+            outcome, job_events = await self._one_at_a_time(job)
         finally:
             keep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keep
         self.stats.job(job.type, outcome)
         # Before completing: a completed job means the worker is done with it, its memory budget settled too.
-        await self._fit_budget(keep=job.session_id)
+        await self._fit_budget(just_used=job.session_id)
         self._gauges()
         first = await self.queue.complete(job, outcome, job_events)
         took = time.monotonic() - started
@@ -160,6 +209,22 @@ class Worker:
                 await self.queue.refresh(job)
             except Exception:
                 log.exception("%s: could not refresh job %s", self.worker_id, job.job_id)
+
+    async def _one_at_a_time(self, job: Job) -> tuple[str, Events]:
+        """Runs the job once the session has no other job here; a second reply while one runs is refused."""
+        while (active := self._active.get(job.session_id)) is not None:
+            if job.type == "generate" and active.type == "generate":
+                message = f"session {job.session_id} is already generating a reply (job {active.job_id})"
+                log.info("%s: job %s refused: %s", self.worker_id, job.job_id, message)
+                return "error", [_error(job, Busy.code, message)]
+            await self._session_free[job.session_id].wait()
+        self._active[job.session_id] = job
+        self._session_free[job.session_id] = asyncio.Event()
+        try:
+            return await self._run(job)
+        finally:
+            del self._active[job.session_id]
+            self._session_free.pop(job.session_id).set()
 
     async def _run(self, job: Job) -> tuple[str, Events]:
         """(outcome, events the worker itself appends on completion)."""
@@ -180,10 +245,11 @@ class Worker:
 
     async def _generate(self, job: Job) -> tuple[str, Events]:
         cache = await self._cache_for(job.session_id)
-        reply = Reply(self.engine, self.tracker, job.session_id, job.job_id)
+        peer = TrackerPeer(self.tracker, job.session_id, job.job_id)
+        reply = Conversation(self.engine, cache, peer, job.session_id, job.job_id)
         self.last_reply = reply.stats
         try:
-            stats = await reply.run(cache)
+            stats = await self.batcher.generate(reply)
         except AlreadyExists:
             # This job's reply was finished by a worker that died before marking the job done: complete it silently.
             self.sessions.put(job.session_id, cache)
@@ -235,8 +301,9 @@ class Worker:
             await self.redis.delete(offload_key(session_id))
         return cache if cache is not None else self.engine.new_cache()
 
-    async def _fit_budget(self, keep: str) -> None:
-        for session_id in self.sessions.over_budget(keep=keep):
+    async def _fit_budget(self, just_used: str) -> None:
+        # The sessions with a job at hand stay (their caches are in use), and so does the one just used.
+        for session_id in self.sessions.over_budget(keep={just_used, *self._active}):
             cache = self.sessions.pop(session_id)
             if cache is None:
                 continue

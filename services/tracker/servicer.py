@@ -105,7 +105,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     metrics.STEP_UPDATE_SECONDS.observe(time.perf_counter() - received)
                     metrics.AGGREGATION_SECONDS.observe(outcome.aggregation_seconds)
                     metrics.FRAMES.inc()
-                    metrics.ACTIVE_TOKENS.set(outcome.active_tokens)
+                    metrics.ACTIVE_TOKENS.observe(outcome.active_tokens)
                     self._count_pruned(outcome.settings.prune_mode, outcome.pruned_tokens, outcome.pruned_sentences)
                     changed = outcome.settings_version != settings_version
                     settings_version = outcome.settings_version

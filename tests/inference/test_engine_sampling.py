@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from haloweave.tracker.v1 import tracker_pb2
 
-from services.inference.engine import Engine, EngineConfig, Generation, Sampler, SamplingParams, stop_reached
+from services.inference.engine import Engine, EngineConfig, Sampler, SamplingParams, stop_reached
 
-from .engine_support import prompt_ids
+from .engine_support import local_reply, prompt_ids
 
 
 @pytest.mark.parametrize(
@@ -77,43 +78,50 @@ def engine() -> Engine:
     return Engine(EngineConfig(threads=2))
 
 
-def reply(engine: Engine, params: SamplingParams, **kwargs: object) -> Generation:
-    ids = prompt_ids(engine)
-    generation = Generation(engine, engine.new_cache(), ids, list(range(len(ids))), params, **kwargs)  # type: ignore[arg-type]
-    steps = list(generation)
-    assert [s.index for s in steps] == list(range(len(steps)))
-    assert [s.token_id for s in steps] == generation.token_ids
-    return generation
+def reply(engine: Engine, params: SamplingParams, **peer: object) -> tuple[str, list[int], str]:
+    """(finish reason, token ids, text) of one reply to the chat prompt."""
+    settings = tracker_pb2.Settings(
+        max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+    )
+    settings.stop.extend(params.stop)
+    conversation, local = local_reply(engine, settings, **peer)
+    assert [f.step for f in local.frames] == list(range(len(local.frames)))
+    assert [f.token_id for f in local.frames] == conversation.text_ids
+    text = str(engine.tokenizer.decode(conversation.text_ids, skip_special_tokens=True))
+    return conversation.stats.reason, conversation.text_ids, text
 
 
 @pytest.mark.slow
 def test_a_reply_ends_at_the_limit_at_a_stop_string_and_on_cancel(engine: Engine) -> None:
-    limited = reply(engine, SamplingParams(max_new_tokens=6))
-    assert limited.reason == "length" and len(limited.token_ids) == 6
+    reason, limited, text = reply(engine, SamplingParams(max_new_tokens=6))
+    assert reason == "length" and len(limited) == 6
     # Stop at a word the greedy reply really contains: the reply is cut where it first appears.
-    words = limited.text.split()
-    assert len(words) >= 2, limited.text
-    stopped = reply(engine, SamplingParams(max_new_tokens=6, stop=[words[1]]))
-    assert stopped.reason == "stop" and words[1] in stopped.text
-    assert len(stopped.token_ids) < 6 and stopped.token_ids == limited.token_ids[: len(stopped.token_ids)]
+    words = text.split()
+    assert len(words) >= 2, text
+    reason, stopped, stopped_text = reply(engine, SamplingParams(max_new_tokens=6, stop=[words[1]]))
+    assert reason == "stop" and words[1] in stopped_text
+    assert len(stopped) < 6 and stopped == limited[: len(stopped)]
     seen: list[int] = []
-    cancelled = reply(engine, SamplingParams(max_new_tokens=6), cancelled=lambda: len(seen.append(0) or seen) > 3)
-    assert cancelled.reason == "cancelled" and cancelled.token_ids == limited.token_ids[:3]
+    # The tracker's cancel arrives with a step's Directive: that step's token is the reply's last.
+    reason, cancelled, _ = reply(
+        engine, SamplingParams(max_new_tokens=6), cancelled=lambda: len(seen.append(0) or seen) > 3
+    )
+    assert reason == "cancelled" and cancelled == limited[:4]
 
 
 @pytest.mark.slow
 def test_a_reply_ends_at_eos_and_seeded_replies_repeat(engine: Engine) -> None:
-    done = reply(engine, SamplingParams(max_new_tokens=40))
-    assert done.reason == "eos" and done.token_ids[-1] in engine.eos_token_ids, done.text
+    reason, done, text = reply(engine, SamplingParams(max_new_tokens=40))
+    assert reason == "eos" and done[-1] in engine.eos_token_ids, text
     sampled = [reply(engine, SamplingParams(max_new_tokens=5, temperature=0.9, top_p=0.9, seed=3)) for _ in range(2)]
-    assert sampled[0].token_ids == sampled[1].token_ids
+    assert sampled[0][1] == sampled[1][1]
 
 
 @pytest.mark.slow
-def test_steps_carry_the_attention_of_the_forward_that_produced_them(engine: Engine) -> None:
+def test_frames_carry_the_attention_of_the_forward_that_produced_them(engine: Engine) -> None:
     ids = prompt_ids(engine)
-    steps = list(Generation(engine, engine.new_cache(), ids, list(range(len(ids))), SamplingParams(4), "mean"))
-    for step in steps:
+    conversation, local = local_reply(engine, tracker_pb2.Settings(max_new_tokens=4, aggregation="mean"))
+    for frame in local.frames:
         # Step 0 comes from the prefill (its last query sees the whole prompt); each later one sees one more token.
-        assert step.output.attention is not None and step.output.attention.shape == (len(ids) + step.index,)
-        assert step.position == len(ids) + step.index
+        assert len(frame.attention) == len(ids) + frame.step
+    assert conversation.cache.positions == list(range(len(ids) + 3))  # the last sampled token is never fed

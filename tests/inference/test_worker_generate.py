@@ -6,9 +6,10 @@ import pytest
 from haloweave.tracker.v1 import tracker_pb2
 
 from services.common.errors import InvalidArgument
+from services.inference.conversation import Conversation, sampling_params
 from services.inference.engine import Engine
-from services.inference.generation import Reply, sampling_params
 from services.inference.jobs import done_key
+from services.inference.reply import LocalPeer
 from services.inference.worker import Worker
 
 from .conftest import Chat
@@ -103,7 +104,17 @@ async def test_reprefill_mode_rebuilds_from_the_survivors(chat: Chat, start_work
     frames = await chat.turn(session, "Cats are nice. Dogs are loud. Tell me a fact.")
     assert frames[-1]["type"] == "done", frames
     assert any(f["type"] == "pruned" for f in frames)
-    cache_matches_context(handle.worker, session, await chat.context(session))
+    assert handle.worker.last_reply is not None and handle.worker.last_reply.rebuilt
+    cache = handle.worker.sessions.get(session)
+    assert cache is not None
+    if len(cache):  # a rebuild asked for by the reply's last step is left to the next turn's sync
+        cache_matches_context(handle.worker, session, await chat.context(session))
+    frames = await chat.turn(session, "One more, please.")
+    assert frames[-1]["type"] == "done", frames
+    cache = handle.worker.sessions.get(session)
+    assert cache is not None
+    if len(cache):
+        cache_matches_context(handle.worker, session, await chat.context(session))
 
 
 async def test_bad_jobs_fail_with_an_error_event_and_the_worker_serves_on(chat: Chat, start_worker) -> None:
@@ -134,9 +145,9 @@ def test_invalid_generation_settings_are_refused_by_name() -> None:
 async def test_a_directive_for_positions_not_in_the_cache_is_refused_and_changes_nothing(worker_engine: Engine) -> None:
     cache = worker_engine.new_cache()
     worker_engine.prefill(cache, [1, 2, 3], [0, 1, 2], capture=None)
-    reply = Reply(worker_engine, None, "s", "j")  # type: ignore[arg-type]  # no stream is needed to apply a directive
+    reply = Conversation(worker_engine, cache, LocalPeer([1, 2, 3]), "s", "j")
     with pytest.raises(InvalidArgument, match="prune directive"):
-        await reply._apply(cache, tracker_pb2.Directive(position=3, evict_positions=[1, 99]))
+        reply.apply(tracker_pb2.Directive(position=3, evict_positions=[1, 99]), finished=False)
     assert cache.positions == [0, 1, 2]
 
 

@@ -1,8 +1,11 @@
-"""The registered attention function: the model's own attention, plus the newest query's row when asked.
+"""The registered attention function: the model's own attention over each conversation of a packed batch, plus the
+newest query's row of each conversation that asks for it.
 
-Registered under one name with both `AttentionInterface` (the computation) and `AttentionMaskInterface` (transformers'
-SDPA mask builder, so the model keeps building masks for it). Every Llama-, Qwen-, Mistral- and Gemma-style attention
-module calls it with keys and values *not* expanded over query heads: query head h reads KV head h // (H / KV).
+Registered with `AttentionInterface` only. Every Llama-, Qwen-, Mistral- and Gemma-style attention module calls it
+with keys and values *not* expanded over query heads: query head h reads KV head h // (H / KV). The batch plan
+(`batch.Batch`) says which packed queries belong to which conversation and holds, per layer, each conversation's own
+keys and values; no mask function is registered, so transformers builds no mask, and each conversation's causality
+(and sliding window) is derived here from its own slots.
 
 - Decode (one query): scores, one softmax, output. When capturing, that same softmax is the captured row: the sink
   keeps a reference to it and reduces all layers at once after the forward, so capture adds no pass and no kernel
@@ -21,18 +24,17 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .batch import Batch
 from .capture import CaptureSink
 
 ATTENTION_NAME = "haloweave"
-CAPTURE_KWARG = "haloweave_capture"
+BATCH_KWARG = "haloweave_batch"
 
 
 def register() -> None:
     """Idempotent; called by the engine before loading a model with attn_implementation=ATTENTION_NAME."""
     AttentionInterface.register(ATTENTION_NAME, attention_forward)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
 def _allowed(q_len: int, kv_len: int, window: int | None, device: torch.device) -> torch.Tensor:
@@ -108,6 +110,38 @@ def _fused(
     )
 
 
+def _attend(
+    layer: int,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+    sink: CaptureSink | None,
+) -> torch.Tensor:
+    """One conversation's queries [1, H, q, d] over its own keys/values [1, KV, T, d]; returns [1, H, q, d]."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if q_len == 1 or softcap is not None:
+        # Decode, or a soft-capped model (which fused SDPA cannot express): explicit rows.
+        mask = _allowed(q_len, kv_len, window, query.device)[None, None] if q_len > 1 or window is not None else None
+        out, probs = _rows(query, key, value, mask, scale, softcap)
+        if sink is not None:
+            row = probs[0, :, -1]
+            # A view of a many-query map would keep the whole map alive in the sink: copy just the row.
+            sink.add(layer, row if q_len == 1 else row.clone())
+        return out
+    if sink is None:
+        return _fused(query, key, value, None, scale, window)
+    # Prefill with capture: the first q-1 queries never see the last slot, so they run fused over kv[:-1];
+    # the last query runs explicitly over everything and is the only row ever materialised.
+    head = _fused(query[:, :, :-1], key[:, :, :-1], value[:, :, :-1], None, scale, window)
+    last_mask = _allowed(1, kv_len, window, query.device)[None, None] if window is not None else None
+    tail, probs = _rows(query[:, :, -1:], key, value, last_mask, scale, None)
+    sink.add(layer, probs[0, :, -1])
+    return torch.cat([head, tail], dim=2)
+
+
 def attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -120,33 +154,19 @@ def attention_forward(
     softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """The AttentionInterface signature; returns ([b, q, H, d], None)."""
-    sink: CaptureSink | None = kwargs.get(CAPTURE_KWARG)
+    """The AttentionInterface signature; returns ([1, T, H, d], None) for the packed queries of the batch.
+
+    `key`/`value` are the packed new ones; each conversation's whole keys and values come from the batch plan,
+    which `BatchCache.update` filled for this layer. `attention_mask` is ignored: no mask function is registered,
+    so transformers builds none, and causality is derived per conversation (by slot) here."""
+    batch: Batch | None = kwargs.get(BATCH_KWARG)
+    if batch is None:
+        raise RuntimeError("the haloweave attention runs only inside Engine.forward (it needs the batch plan)")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    q_len, kv_len = query.shape[2], key.shape[2]
-    mask = attention_mask[:, :, :, :kv_len] if attention_mask is not None else None
-
-    if q_len == 1 or softcap is not None:
-        # Decode, or a soft-capped model (which fused SDPA cannot express): explicit rows.
-        if mask is None and (q_len > 1 or sliding_window is not None):
-            mask = _allowed(q_len, kv_len, sliding_window, query.device)[None, None]
-        out, probs = _rows(query, key, value, mask, scale, softcap)
-        if sink is not None:
-            row = probs[0, :, -1]
-            # A view of a many-query map would keep the whole map alive in the sink: copy just the row.
-            sink.add(_layer(module), row if q_len == 1 else row.clone())
-        return out.transpose(1, 2), None
-
-    if sink is None:
-        return _fused(query, key, value, mask, scale, sliding_window).transpose(1, 2), None
-
-    # Prefill with capture: the first q-1 queries never see the last slot, so they run fused over kv[:-1];
-    # the last query runs explicitly over everything and is the only row ever materialised.
-    head_mask = mask[:, :, :-1, :-1] if mask is not None else None
-    head = _fused(query[:, :, :-1], key[:, :, :-1], value[:, :, :-1], head_mask, scale, sliding_window)
-    last_mask = mask[:, :, -1:, :] if mask is not None else None
-    if last_mask is None and sliding_window is not None:
-        last_mask = _allowed(1, kv_len, sliding_window, query.device)[None, None]
-    tail, probs = _rows(query[:, :, -1:], key, value, last_mask, scale, None)
-    sink.add(_layer(module), probs[0, :, -1])
-    return torch.cat([head, tail], dim=2).transpose(1, 2), None
+    layer = _layer(module)
+    outs = [
+        _attend(layer, query[:, :, start:end], k, v, scale, sliding_window, softcap, sink)
+        for (start, end), k, v, sink in zip(batch.spans, batch.keys, batch.values, batch.sinks, strict=True)
+    ]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.transpose(1, 2), None

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from services.common import model_store
 
 from . import attention
+from .batch import Batch, BatchCache, BatchEntry
 from .capture import CaptureSink, check_mode
 from .config import EngineConfig
 from .errors import EngineInputError
@@ -64,6 +65,9 @@ class Engine:
         self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // self.num_heads)
         self.vocab_size = int(text.vocab_size)
         self.dtype = config.dtype
+        # Keys and values of every layer for one token: what a conversation's cache grows by per token.
+        itemsize = torch.empty((), dtype=config.torch_dtype).element_size()
+        self.kv_bytes_per_token = self.num_layers * 2 * self.num_kv_heads * self.head_dim * itemsize
         self.device = config.device
         self.tokenizer_fingerprint = model_store.tokenizer_fingerprint(path) if path.exists() else ""
         self.eos_token_ids = _eos_ids(model, self.tokenizer)
@@ -117,43 +121,67 @@ class Engine:
     def prefill(
         self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None
     ) -> StepOutput:
-        """Appends tokens at their RoPE positions; captures only the last query's row."""
-        self._check_tokens(token_ids, positions, after=cache.positions[-1] if cache.positions else -1)
-        if not token_ids:
-            raise EngineInputError("prefill: no tokens given")
-        return self._forward(cache, token_ids, positions, capture)
+        """Appends tokens at their RoPE positions; captures only the last query's row. A batch of one."""
+        out = self.forward([BatchEntry(cache, token_ids, positions, capture)])[0]
+        assert out is not None
+        return out
 
     def decode(self, cache: SessionCache, token_id: int, position: int, capture: str | None) -> StepOutput:
         return self.prefill(cache, [token_id], [position], capture)
 
-    def _forward(
-        self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None
-    ) -> StepOutput:
-        check_mode(capture)
+    def check(self, entry: BatchEntry) -> None:
+        """Refuses an entry before anything runs: EngineInputError, and no cache has changed."""
+        if not entry.token_ids:
+            raise EngineInputError("forward: no tokens given")
+        check_mode(entry.capture)
+        self._check_tokens(entry.token_ids, entry.positions, after=entry.cache.next_position - 1)
+
+    def forward(self, entries: list[BatchEntry]) -> list[StepOutput | None]:
+        """One forward over every entry (packed, each attending to its own cache). Returns, per entry, its last
+        token's logits and captured row, or None for an entry that asked for neither. On any failure every cache is
+        as it was before the call."""
+        for entry in entries:
+            self.check(entry)
+        if len({id(entry.cache) for entry in entries}) != len(entries):
+            raise EngineInputError("forward: one cache appears twice in the batch")
         started = time.perf_counter()
-        before = len(cache)
-        ctx = before + len(token_ids)
-        sink = CaptureSink(capture, self.num_layers, self.num_heads, ctx, self._device) if capture is not None else None
-        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self._device)
-        position_ids = torch.tensor([positions], dtype=torch.long, device=self._device)
+        before = [len(entry.cache) for entry in entries]
+        sinks = [
+            CaptureSink(e.capture, self.num_layers, self.num_heads, n + len(e.token_ids), self._device)
+            if e.capture is not None
+            else None
+            for e, n in zip(entries, before, strict=True)
+        ]
+        batch = Batch(entries, sinks)
+        ids = [t for entry in entries for t in entry.token_ids]
+        positions = [p for entry in entries for p in entry.positions]
+        wanted = [i for i, entry in enumerate(entries) if entry.logits or entry.capture is not None]
+        last_rows = torch.tensor([batch.spans[i][1] - 1 for i in wanted], dtype=torch.long, device=self._device)
         try:
             with torch.inference_mode():
                 out = self.model(
-                    input_ids=input_ids,
-                    position_ids=position_ids,
-                    past_key_values=cache.kv,
+                    input_ids=torch.tensor([ids], dtype=torch.long, device=self._device),
+                    position_ids=torch.tensor([positions], dtype=torch.long, device=self._device),
+                    cache=BatchCache(batch, self.num_layers),
                     use_cache=True,
-                    logits_to_keep=1,
-                    **{attention.CAPTURE_KWARG: sink},
+                    logits_to_keep=last_rows,
+                    **{attention.BATCH_KWARG: batch},
                 )
-            logits = out.logits[0, -1].float().cpu()
-            row, full = sink.result() if sink is not None else (None, None)
+            logits = out.logits[0].float().cpu()
+            captured = {i: sinks[i].result() for i in wanted if sinks[i] is not None}  # type: ignore[union-attr]
         except BaseException:
-            cache.truncate(before)  # a failed forward may have appended to some layers: undo, lose nothing
+            for entry, n in zip(entries, before, strict=True):
+                entry.cache.truncate(n)  # a failed forward may have appended to some layers: undo, lose nothing
             raise
-        cache.positions.extend(positions)
-        cache.token_ids.extend(token_ids)
-        return StepOutput(logits=logits, attention=row, full=full, seconds=time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        results: list[StepOutput | None] = [None] * len(entries)
+        for row, i in enumerate(wanted):
+            attention_row, full = captured.get(i, (None, None))
+            results[i] = StepOutput(logits=logits[row], attention=attention_row, full=full, seconds=seconds)
+        for entry in entries:
+            entry.cache.positions.extend(entry.positions)
+            entry.cache.token_ids.extend(entry.token_ids)
+        return results
 
     def _check_tokens(self, token_ids: list[int], positions: list[int], after: int) -> None:
         if len(token_ids) != len(positions):

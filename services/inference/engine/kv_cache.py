@@ -118,3 +118,21 @@ class SessionCache:
             layer.truncate(length)
         del self.positions[length:]
         del self.token_ids[length:]
+
+    def sync_plan(self, positions: list[int], token_ids: list[int]) -> tuple[list[int], list[int], list[int]] | None:
+        """How to make this cache hold exactly a context: (positions to evict, suffix positions, suffix ids), or None
+        when only a rebuild can (the kept entries are not a prefix of the context, or a token differs)."""
+        wanted = set(positions)
+        evict = [p for p in self.positions if p not in wanted]
+        gone = set(evict)
+        kept = [(p, t) for p, t in zip(self.positions, self.token_ids, strict=True) if p not in gone]
+        if len(kept) > len(positions):
+            return None
+        for (p, t), (q, u) in zip(kept, zip(positions, token_ids, strict=True), strict=False):
+            if p != q or t != u:
+                return None
+        return evict, positions[len(kept) :], token_ids[len(kept) :]
+
+    def clear(self) -> None:
+        """Forgets every slot (the buffers stay allocated for the rebuild that follows)."""
+        self.truncate(0)

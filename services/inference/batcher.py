@@ -1,0 +1,222 @@
+"""The step loop of one worker: every running conversation advances in one forward per step.
+
+    step = schedule → run → postprocess
+
+- schedule: `Scheduler.schedule()` admits waiting conversations and lays out the step (decodes, then prefill chunks);
+- run: one `Engine.forward` over the flat batch, in a thread, so heartbeats and job intake go on meanwhile;
+- postprocess: each conversation whose pending tokens are all fed samples a token; every such conversation's Frame
+  goes to the tracker at once and the Directives are awaited together (one conversation's round trip overlaps the
+  others', and none waits for another's), then each Directive is applied to its own cache before the next step.
+
+A failure belongs to one conversation: it is told to the tracker (which tells the client) and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from haloweave.tracker.v1 import tracker_pb2
+
+from services.common.errors import HaloWeaveError, InvalidArgument, Overloaded
+from services.inference.conversation import Conversation, ReplyStats
+from services.inference.engine import BatchEntry, Engine, StepOutput
+from services.inference.metrics import WorkerStats
+from services.inference.scheduler import Limits, Scheduler
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.5
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: Engine,
+        limits: Limits,
+        stats: WorkerStats | None = None,
+        on_load: Callable[[int], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.scheduler = Scheduler(limits)
+        self.stats = stats
+        self._on_load = on_load or (lambda load: None)
+        self._wake = asyncio.Event()
+        self._reporting: set[asyncio.Task[None]] = set()
+        self._opening = 0  # replies being opened with the tracker: they count against the bound already
+        self.steps = 0
+
+    @property
+    def load(self) -> int:
+        """Replies this worker has taken on and not finished: what routing balances between workers."""
+        return len(self.scheduler) + self._opening
+
+    async def generate(self, conversation: Conversation) -> ReplyStats:
+        """Opens the reply, queues it and returns its stats once it has ended; raises the HaloWeaveError it failed
+        with (`conversation.reported` says whether the tracker already told the client)."""
+        limits = self.scheduler.limits
+        if len(self.scheduler) + self._opening >= limits.max_running + limits.max_waiting:
+            raise Overloaded(
+                f"the worker is full ({limits.max_running} replies running, {limits.max_waiting} waiting); "
+                "try again shortly"
+            )
+        self._opening += 1
+        try:
+            await conversation.open()
+        except BaseException:
+            await conversation.peer.close()
+            raise
+        finally:
+            self._opening -= 1
+        self.scheduler.add(conversation)
+        self._changed()
+        try:
+            return await conversation.done
+        finally:
+            self.scheduler.remove(conversation)
+            self._changed()
+            await conversation.peer.close()
+
+    def _changed(self) -> None:
+        self._wake.set()
+        self._gauges()
+        self._on_load(self.load)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Steps while there is work, until `stop` is set."""
+        while not stop.is_set():
+            scheduled = self.scheduler.schedule()
+            if not scheduled:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_WAIT_S)
+                continue
+            await self.step(scheduled)
+
+    async def step(self, scheduled: list[tuple[Conversation, BatchEntry]]) -> None:
+        started = time.perf_counter()
+        runnable = self._checked(scheduled)
+        prefill = sum(c.last_prefill for c, _ in runnable)
+        outputs = await self._run(runnable)
+        if outputs is not None:
+            await self._postprocess(runnable, outputs)
+        self.steps += 1
+        self._observe(len(runnable), prefill, time.perf_counter() - started)
+
+    # ---- run --------------------------------------------------------------------------------------------------
+
+    def _checked(self, scheduled: list[tuple[Conversation, BatchEntry]]) -> list[tuple[Conversation, BatchEntry]]:
+        """Entries the engine would refuse fail their own conversation before the forward, not the whole batch."""
+        runnable = []
+        for conversation, entry in scheduled:
+            try:
+                self.engine.check(entry)
+            except InvalidArgument as error:
+                self._fail(conversation, error)
+                continue
+            runnable.append((conversation, entry))
+        return runnable
+
+    async def _run(self, runnable: list[tuple[Conversation, BatchEntry]]) -> list[StepOutput | None] | None:
+        if not runnable:
+            return None
+        try:
+            return await asyncio.to_thread(self.engine.forward, [entry for _, entry in runnable])
+        except Exception as error:
+            # Every cache is as it was (the engine undoes a failed forward), but which entry broke it is unknown.
+            log.exception("forward of %d conversations failed", len(runnable))
+            for conversation, _ in runnable:
+                self._fail(conversation, HaloWeaveError(f"the forward failed: {error}"))
+            return None
+
+    # ---- postprocess ------------------------------------------------------------------------------------------
+
+    async def _postprocess(
+        self, runnable: list[tuple[Conversation, BatchEntry]], outputs: list[StepOutput | None]
+    ) -> None:
+        sampled = [(c, out) for (c, _), out in zip(runnable, outputs, strict=True) if out is not None]
+        frames = [c.sample(out) for c, out in sampled]
+        answers = await asyncio.gather(
+            *(c.peer.step(frame) for (c, _), frame in zip(sampled, frames, strict=True)), return_exceptions=True
+        )
+        settled: list[tuple[Conversation, tracker_pb2.Directive, str]] = []
+        for (conversation, _), answer in zip(sampled, answers, strict=True):
+            if isinstance(answer, BaseException):
+                self._fail(conversation, _as_error(answer))
+                continue
+            try:
+                settled.append((conversation, answer, conversation.settle(answer)))
+            except HaloWeaveError as error:
+                self._fail(conversation, error)
+        finished = [(c, d) for c, d, reason in settled if reason]
+        closed = await asyncio.gather(*(c.peer.finish(c.finish_message()) for c, _ in finished), return_exceptions=True)
+        # The last step may have pruned too: a held cache should match the dictionary (and its size the budget) now,
+        # not only at the next turn's sync. Done after Closed so that `done` is not delayed.
+        for conversation, failure in await asyncio.to_thread(self._apply, settled):
+            self._fail(conversation, failure)
+        for (conversation, _), outcome in zip(finished, closed, strict=True):
+            if isinstance(outcome, BaseException):
+                self._fail(conversation, _as_error(outcome))
+            elif not conversation.failing:
+                conversation.succeed()
+
+    @staticmethod
+    def _apply(
+        settled: list[tuple[Conversation, tracker_pb2.Directive, str]],
+    ) -> list[tuple[Conversation, HaloWeaveError]]:
+        failures = []
+        for conversation, directive, reason in settled:
+            try:
+                conversation.apply(directive, finished=bool(reason))
+            except HaloWeaveError as error:
+                if not reason:
+                    failures.append((conversation, error))
+                    continue
+                # The reply itself is complete: only the held cache is in doubt, and the next sync rebuilds it.
+                log.warning(
+                    "%r: the last directive could not be applied (%s); its cache is dropped", conversation, error
+                )
+                conversation.cache.clear()
+        return failures
+
+    def _fail(self, conversation: Conversation, error: HaloWeaveError) -> None:
+        """Takes the conversation out of the batch; the tracker is told in the background, the rest goes on."""
+        self.scheduler.remove(conversation)
+        if conversation.done.done() or conversation.failing:
+            return
+        conversation.failing = True
+        log.info("%r failed: %s %s", conversation, error.code, error.message)
+        task = asyncio.get_running_loop().create_task(self._report(conversation, error))
+        self._reporting.add(task)
+        task.add_done_callback(self._reporting.discard)
+
+    async def _report(self, conversation: Conversation, error: HaloWeaveError) -> None:
+        conversation.reported = await conversation.peer.fail(error.code, error.message)
+        conversation.fail_with(error)
+
+    # ---- metrics ----------------------------------------------------------------------------------------------
+
+    def _observe(self, size: int, prefill: int, seconds: float) -> None:
+        if self.stats is None:
+            return
+        self.stats.observe("batch_size", size)
+        self.stats.observe("prefill_tokens_per_step", prefill)
+        self.stats.observe("step_seconds", seconds)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        if self.stats is None:
+            return
+        self.stats.running = len(self.scheduler.running)
+        self.stats.waiting = len(self.scheduler.waiting)
+        self.stats.kv_reserved_bytes = self.scheduler.kv_bytes_reserved()
+
+
+def _as_error(error: BaseException) -> HaloWeaveError:
+    if isinstance(error, HaloWeaveError):
+        return error
+    log.error("unexpected error in a conversation's step", exc_info=error)
+    return HaloWeaveError(f"{type(error).__name__}: {error}")

@@ -1,0 +1,240 @@
+"""One reply being generated on a worker: everything the step loop knows about one conversation, in one object.
+
+A conversation holds its job's names, its own KV cache (own RoPE positions, gaps and evictions), its peer (the
+tracker's Generate stream), its sampling settings and capture mode, and `pending`: the tokens to feed next at their
+positions. After Open, pending is the part of the context the cache lacks (or the whole context, when only a rebuild
+can make the cache match); the scheduler feeds it in chunks. Whenever the last pending token has been fed, the forward
+gives this conversation's logits and attention row: it samples a token, sends the Frame, and the Directive that
+answers says where that token goes (pending becomes that one token) and what to evict or rebuild first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from haloweave.tracker.v1 import tracker_pb2
+
+from services.common.errors import FailedPrecondition, HaloWeaveError, InvalidArgument
+from services.inference.engine import (
+    BatchEntry,
+    Engine,
+    Sampler,
+    SamplingParams,
+    SessionCache,
+    StepOutput,
+    stop_reached,
+)
+from services.inference.reply import Peer
+
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "seed")
+
+
+@dataclass(slots=True)
+class ReplyStats:
+    """What one reply measured, for the Finish message and the worker's metrics."""
+
+    reason: str = ""
+    tokens: int = 0
+    prefill_tokens: int = 0
+    rebuilt: bool = False
+    time_to_first_token_s: float = 0.0
+    inter_token_s: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    last_token_at: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.tokens / elapsed if elapsed > 0 else 0.0
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        if self.tokens == 0:
+            self.time_to_first_token_s = now - self.started
+        else:
+            self.inter_token_s.append(now - self.last_token_at)
+        self.last_token_at = now
+        self.tokens += 1
+
+
+def sampling_params(settings: tracker_pb2.Settings, base: SamplingParams | None = None) -> SamplingParams:
+    """The generation settings as SamplingParams; fields not set keep `base`'s (or the defaults)."""
+    values: dict[str, Any] = {}
+    if base is not None:
+        values = {name: getattr(base, name) for name in (*SAMPLING_FIELDS, "stop")}
+    for name in SAMPLING_FIELDS:
+        if settings.HasField(name):  # type: ignore[arg-type]
+            values[name] = getattr(settings, name)
+    if settings.clear_stop:
+        values["stop"] = []
+    if settings.stop:
+        values["stop"] = list(settings.stop)
+    try:
+        return SamplingParams(**values)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(f"invalid generation settings: {error}") from None
+
+
+class Conversation:
+    def __init__(self, engine: Engine, cache: SessionCache, peer: Peer, session_id: str, job_id: str) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.peer = peer
+        self.session_id = session_id
+        self.job_id = job_id
+        self.stats = ReplyStats()
+        self.turn_id = 0
+        self.params = SamplingParams()
+        self.sampler = Sampler(self.params)
+        self.mode = "mean"
+        self.pending_ids: list[int] = []
+        self.pending_positions: list[int] = []
+        self.context_pending = 0  # how many of the pending tokens are context (prefill), not a sampled token
+        self.last_prefill = 0  # context tokens in the last chunk scheduled: the prefill share of a step
+        self.step = 0  # the Frame step of the next sampled token
+        self.token = -1  # the token sampled at the last step, until a Directive places it
+        self.text_ids: list[int] = []
+        self.reported = False  # a Fail reached the tracker, which tells the client itself
+        self.failing = False  # taken out of the batch; the tracker is being told
+        self.done: asyncio.Future[ReplyStats] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"Conversation({self.session_id}, job {self.job_id}, step {self.step}, {len(self.cache)} cached)"
+
+    # ---- opening: what the cache must be fed before the first token ------------------------------------------------
+
+    async def open(self) -> None:
+        opened = await self.peer.open()
+        self.turn_id = opened.turn_id
+        self._settings(opened.settings, first=True)
+        context = opened.context
+        if not context.positions:
+            raise FailedPrecondition("tracker sent an empty context")
+        positions, token_ids = list(context.positions), list(context.token_ids)
+        plan = self.cache.sync_plan(positions, token_ids)
+        if plan is not None and plan[1]:
+            evict, suffix_positions, suffix_ids = plan
+            await asyncio.to_thread(self.engine.evict, self.cache, evict)
+            self._feed(suffix_ids, suffix_positions)
+        else:
+            # The cache cannot be brought there by evictions and a suffix (or holds all of it, and the last token's
+            # logits are needed): rebuild it from the whole context.
+            self.stats.rebuilt = True
+            self.cache.clear()
+            self._feed(token_ids, positions)
+        self.stats.prefill_tokens = len(self.pending_ids)
+
+    def _feed(self, token_ids: list[int], positions: list[int]) -> None:
+        """Context tokens to (re)fill the cache with, before any sampled token."""
+        self.pending_ids, self.pending_positions = token_ids, positions
+        self.context_pending = len(token_ids)
+
+    # ---- what the scheduler asks ---------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self.pending_ids)
+
+    def kv_bytes_needed(self) -> int:
+        """The KV bytes this reply holds at most: what is cached, what is pending and every token it may sample."""
+        tokens = len(self.cache) + self.pending + self.params.max_new_tokens
+        return tokens * self.engine.kv_bytes_per_token
+
+    def next_entry(self, budget: int) -> BatchEntry:
+        """The next chunk of pending tokens (at most `budget`); the last chunk asks for logits and the row."""
+        n = min(budget, self.pending)
+        ids, positions = self.pending_ids[:n], self.pending_positions[:n]
+        del self.pending_ids[:n], self.pending_positions[:n]
+        self.last_prefill = min(n, self.context_pending)
+        self.context_pending -= self.last_prefill
+        last = not self.pending_ids
+        return BatchEntry(self.cache, ids, positions, capture=self.mode if last else None, logits=last)
+
+    # ---- one step's postprocessing -----------------------------------------------------------------------------------
+
+    def sample(self, out: StepOutput) -> tracker_pb2.Frame:
+        """Samples this step's token from the forward's output; returns the Frame that reports it."""
+        self.token = self.sampler.sample(out.logits)
+        self.stats.token()
+        frame = tracker_pb2.Frame(step=self.step, token_id=self.token, worker_seconds=out.seconds)
+        if out.full is not None:
+            # `full` mode ships the [layers, heads, ctx] fp16 tensor alone (the tracker reduces it).
+            layers, heads, _ = out.full.shape
+            frame.full_attention = out.full.astype("<f2", copy=False).tobytes()
+            frame.layers = layers
+            frame.heads = heads
+        elif out.attention is not None:
+            frame.attention.extend(out.attention.tolist())
+        return frame
+
+    def settle(self, directive: tracker_pb2.Directive) -> str:
+        """Takes the Directive's settings and decides whether the reply ends here; the finish reason or ''."""
+        if directive.HasField("settings"):
+            self._settings(directive.settings)
+        self.text_ids.append(self.token)
+        reason = self._finished(directive)
+        self.step += 1
+        self.stats.reason = reason
+        return reason
+
+    def apply(self, directive: tracker_pb2.Directive, finished: bool) -> None:
+        """Evicts in place, or sets up the rebuild from the survivors; then (unless finished) the sampled token is
+        the next to feed, at the position the Directive gave it. Runs off the event loop (it may move KV slots)."""
+        if directive.reprefill:
+            self.stats.rebuilt = True
+            context = directive.context
+            pairs = [
+                (p, t) for p, t in zip(context.positions, context.token_ids, strict=True) if p < directive.position
+            ]
+            self.cache.clear()  # rebuilt in chunks, like a prompt, while the other conversations keep decoding
+            self._feed([t for _, t in pairs], [p for p, _ in pairs])
+        elif directive.evict_positions:
+            try:
+                self.engine.evict(self.cache, list(directive.evict_positions))
+            except ValueError as error:
+                raise InvalidArgument(f"prune directive: {error}") from None
+        if finished:
+            # A finished reply keeps only what it has; a rebuild pending at the end is left to the next turn's sync.
+            self._feed([], [])
+            return
+        self.pending_ids.append(self.token)
+        self.pending_positions.append(int(directive.position))
+
+    def finish_message(self) -> tracker_pb2.Finish:
+        return tracker_pb2.Finish(
+            reason=self.stats.reason,
+            tokens=self.stats.tokens,
+            time_to_first_token_s=self.stats.time_to_first_token_s,
+            tokens_per_s=self.stats.tokens_per_s,
+        )
+
+    def _settings(self, settings: tracker_pb2.Settings, first: bool = False) -> None:
+        self.params = sampling_params(settings, None if first else self.params)
+        if first or any(settings.HasField(name) for name in ("temperature", "top_p", "seed")):
+            self.sampler = Sampler(self.params)  # a new seed or temperature applies from the next token
+        if settings.HasField("aggregation"):
+            self.mode = settings.aggregation
+
+    def _finished(self, directive: tracker_pb2.Directive) -> str:
+        if directive.cancel:
+            return "cancelled"
+        if self.token in self.engine.eos_token_ids:
+            return "eos"
+        if self.params.stop:
+            text = str(self.engine.tokenizer.decode(self.text_ids, skip_special_tokens=True))
+            if stop_reached(text, self.params.stop) is not None:
+                return "stop"
+        if self.step + 1 >= self.params.max_new_tokens:
+            return "length"
+        return ""
+
+    def fail_with(self, error: HaloWeaveError) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def succeed(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.stats)

@@ -1,0 +1,126 @@
+"""The tracker's side of one reply, as the worker sees it: the Generate stream of protos/haloweave/tracker/v1.
+
+Open → Opened (settings + active context) → per step a Frame (the sampled token and its attention row) answered by a
+Directive (the token's position, evictions or a reprefill, new settings, cancel) → Finish or Fail → Closed.
+
+`TrackerPeer` speaks it over gRPC; `LocalPeer` answers the same messages in-process (a fixed context, no pruning),
+for tests and benchmarks that drive the engine without a tracker. A `Conversation` talks to either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from haloweave.tracker.v1 import tracker_pb2
+
+from services.common.errors import FailedPrecondition, HaloWeaveError
+from services.inference.clients import GenerateStream, TrackerClient
+
+log = logging.getLogger(__name__)
+
+
+class Peer(Protocol):
+    async def open(self) -> tracker_pb2.Opened: ...
+
+    async def step(self, frame: tracker_pb2.Frame) -> tracker_pb2.Directive: ...
+
+    async def finish(self, finish: tracker_pb2.Finish) -> None: ...
+
+    async def fail(self, code: str, message: str) -> bool:
+        """Tells the tracker the reply failed; True when it took it (and so tells the client itself)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class TrackerPeer:
+    def __init__(self, tracker: TrackerClient, session_id: str, job_id: str) -> None:
+        self.session_id = session_id
+        self.job_id = job_id
+        self._stream: GenerateStream = tracker.generate()
+
+    async def open(self) -> tracker_pb2.Opened:
+        request = tracker_pb2.GenerateRequest(open=tracker_pb2.Open(session_id=self.session_id, job_id=self.job_id))
+        await self._stream.send(request)
+        first = await self._stream.recv()
+        if not first.HasField("opened"):
+            raise FailedPrecondition(f"tracker answered Open with {first.WhichOneof('kind')}")
+        return first.opened
+
+    async def step(self, frame: tracker_pb2.Frame) -> tracker_pb2.Directive:
+        await self._stream.send(tracker_pb2.GenerateRequest(frame=frame))
+        reply = await self._stream.recv()
+        if not reply.HasField("directive"):
+            raise FailedPrecondition(f"tracker answered a Frame with {reply.WhichOneof('kind')}")
+        return reply.directive
+
+    async def finish(self, finish: tracker_pb2.Finish) -> None:
+        await self._stream.send(tracker_pb2.GenerateRequest(finish=finish))
+        await self._closed()
+
+    async def fail(self, code: str, message: str) -> bool:
+        # If the tracker itself ended the stream, it told nobody: the worker then reports the error on completion.
+        try:
+            await self._stream.send(tracker_pb2.GenerateRequest(fail=tracker_pb2.Fail(code=code, message=message)))
+            await self._closed()
+            return True
+        except HaloWeaveError:
+            log.info("job %s: the tracker's stream is gone; the worker reports %s", self.job_id, code)
+            return False
+
+    async def _closed(self) -> None:
+        reply = await self._stream.recv()
+        if not reply.HasField("closed"):
+            raise FailedPrecondition(f"tracker answered Finish with {reply.WhichOneof('kind')}, not Closed")
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
+class LocalPeer:
+    """A tracker stand-in: the context is the prompt and every sampled token takes the next position. Nothing is
+    pruned unless `evictions` says so (step -> positions to evict after it); `cancelled()` is asked at every step.
+    `frames` keeps what the conversation sent."""
+
+    def __init__(
+        self,
+        token_ids: list[int],
+        positions: list[int] | None = None,
+        settings: tracker_pb2.Settings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        evictions: dict[int, list[int]] | None = None,
+    ) -> None:
+        positions = positions if positions is not None else list(range(len(token_ids)))
+        self.context = tracker_pb2.Context(positions=positions, token_ids=token_ids)
+        self.settings = settings if settings is not None else tracker_pb2.Settings()
+        self.next_position = (positions[-1] + 1) if positions else 0
+        self.cancelled = cancelled or (lambda: False)
+        self.evictions = evictions or {}
+        self.frames: list[tracker_pb2.Frame] = []
+        self.finished: tracker_pb2.Finish | None = None
+        self.failed: tuple[str, str] | None = None
+
+    async def open(self) -> tracker_pb2.Opened:
+        return tracker_pb2.Opened(turn_id=1, settings=self.settings, context=self.context)
+
+    async def step(self, frame: tracker_pb2.Frame) -> tracker_pb2.Directive:
+        self.frames.append(frame)
+        position, self.next_position = self.next_position, self.next_position + 1
+        return tracker_pb2.Directive(
+            step=frame.step,
+            position=position,
+            evict_positions=self.evictions.get(frame.step, []),
+            cancel=self.cancelled(),
+        )
+
+    async def finish(self, finish: tracker_pb2.Finish) -> None:
+        self.finished = finish
+
+    async def fail(self, code: str, message: str) -> bool:
+        self.failed = (code, message)
+        return True
+
+    async def close(self) -> None:
+        return None

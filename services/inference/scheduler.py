@@ -1,0 +1,83 @@
+"""Which conversations advance in the next forward, in the shape of nano-vllm's scheduler.
+
+Two queues: `waiting` (opened replies, in arrival order) and `running`. `schedule()` first admits waiting
+conversations, in order, while the bound on running conversations and the KV byte budget allow (a conversation
+counts the bytes it may reach: cache, pending tokens and every token it may still sample). Then it fills the step's
+token budget: every running conversation that decodes gets its one token first, so decoding never waits behind a
+prompt; what is left goes to prefill chunks, oldest first, so a long prompt is fed over several steps while the
+others keep decoding. The model runner only ever sees the flat list this returns.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from services.inference.conversation import Conversation
+from services.inference.engine import BatchEntry
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    max_running: int = 16  # conversations in one forward
+    max_waiting: int = 64  # opened replies queued behind them; one more is refused as overloaded
+    max_batched_tokens: int = 128  # tokens in one forward: every decode, then prefill chunks
+    kv_budget_bytes: int = 2 * 1024**3  # KV bytes the running conversations may reach together
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1:
+            raise ValueError(f"max_running: must be at least 1, got {self.max_running}")
+        if self.max_waiting < 0:
+            raise ValueError(f"max_waiting: must not be negative, got {self.max_waiting}")
+        if self.max_batched_tokens < self.max_running:
+            raise ValueError(
+                f"max_batched_tokens ({self.max_batched_tokens}) must be at least max_running ({self.max_running}):"
+                " every running conversation decodes one token per step"
+            )
+
+
+class Scheduler:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.waiting: deque[Conversation] = deque()
+        self.running: list[Conversation] = []
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, conversation: Conversation) -> None:
+        self.waiting.append(conversation)
+
+    def remove(self, conversation: Conversation) -> None:
+        if conversation in self.running:
+            self.running.remove(conversation)
+        elif conversation in self.waiting:
+            self.waiting.remove(conversation)
+
+    def kv_bytes_reserved(self) -> int:
+        return sum(c.kv_bytes_needed() for c in self.running)
+
+    def schedule(self) -> list[tuple[Conversation, BatchEntry]]:
+        self._admit()
+        budget = self.limits.max_batched_tokens
+        batch: list[tuple[Conversation, BatchEntry]] = []
+        for conversation in self.running:
+            if conversation.pending == 1:
+                batch.append((conversation, conversation.next_entry(1)))
+                budget -= 1
+        for conversation in self.running:
+            if conversation.pending > 1 and budget > 0:
+                entry = conversation.next_entry(budget)
+                budget -= len(entry.token_ids)
+                batch.append((conversation, entry))
+        return batch
+
+    def _admit(self) -> None:
+        reserved = self.kv_bytes_reserved()
+        while self.waiting and len(self.running) < self.limits.max_running:
+            need = self.waiting[0].kv_bytes_needed()
+            # One conversation alone is always admitted: a reply larger than the budget must not wait forever.
+            if self.running and reserved + need > self.limits.kv_budget_bytes:
+                break
+            self.running.append(self.waiting.popleft())
+            reserved += need

@@ -1,0 +1,136 @@
+"""Continuous batching with the real model: conversations of different lengths in one forward get the tokens and
+attention rows they get alone, including one pruned mid-reply and one in `full` mode; and bad input fails only its
+own conversation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from haloweave.tracker.v1 import tracker_pb2
+
+from services.common.errors import InvalidArgument, Overloaded
+from services.inference.batcher import Batcher
+from services.inference.conversation import Conversation
+from services.inference.engine import Engine
+from services.inference.reply import LocalPeer
+from services.inference.scheduler import Limits
+
+from .engine_support import converse
+
+pytestmark = pytest.mark.slow
+
+FACTS = "The lighthouse keeper counts ships. The tide comes in twice a day. "
+
+
+def chat_ids(engine: Engine, text: str) -> list[int]:
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}]
+    ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return [int(t) for t in (ids if isinstance(ids, list) else ids["input_ids"])]
+
+
+def peers(engine: Engine) -> list[LocalPeer]:
+    """Four conversations of 30 to ~300 tokens; the second is pruned after step 2, the third ships `full` rows."""
+    prompts = [
+        chat_ids(engine, "Name a colour."),
+        chat_ids(engine, FACTS * 3 + "What does the keeper count?"),
+        chat_ids(engine, FACTS + "Say something about the tide."),
+        chat_ids(engine, FACTS * 12 + "Summarise that."),
+    ]
+    settings = [tracker_pb2.Settings(max_new_tokens=12, aggregation=mode) for mode in ("mean", "max", "full", "mean")]
+    pruned = list(range(20, 32))  # a stretch of the prompt, gone from the cache from step 3 on
+    return [
+        LocalPeer(ids, settings=s, evictions={2: pruned} if i == 1 else None)
+        for i, (ids, s) in enumerate(zip(prompts, settings, strict=True))
+    ]
+
+
+def rows(peer: LocalPeer) -> list[np.ndarray]:
+    out = []
+    for frame in peer.frames:
+        if frame.full_attention:
+            full = np.frombuffer(frame.full_attention, dtype="<f2").astype(np.float32)
+            out.append(full.reshape(frame.layers, frame.heads, -1))
+        else:
+            out.append(np.asarray(frame.attention, dtype=np.float32))
+    return out
+
+
+def test_a_conversation_in_a_batch_gets_what_it_gets_alone(worker_engine: Engine) -> None:
+    alone_peers, batch_peers = peers(worker_engine), peers(worker_engine)
+    alone = [asyncio.run(converse(worker_engine, [peer]))[0] for peer in alone_peers]
+    together = asyncio.run(converse(worker_engine, batch_peers, max_batched_tokens=64))
+    for i, (a, b) in enumerate(zip(alone, together, strict=True)):
+        assert b.text_ids == a.text_ids, f"conversation {i}"
+        assert b.cache.positions == a.cache.positions
+        assert len(rows(batch_peers[i])) == len(rows(alone_peers[i])) == 12
+        for step, (x, y) in enumerate(zip(rows(alone_peers[i]), rows(batch_peers[i]), strict=True)):
+            assert x.shape == y.shape, (i, step)
+            # fp32 rows to 1e-5; `full` travels as fp16, so there one fp16 step of difference is allowed
+            tolerance = 1e-3 if x.ndim == 3 else 1e-5
+            assert float(np.abs(x - y).max()) <= tolerance, (i, step)
+    pruned = together[1]
+    assert not set(range(20, 32)) & set(pruned.cache.positions)
+    assert rows(batch_peers[1])[3].shape[0] == rows(batch_peers[1])[2].shape[0] + 1 - 12  # pruned, then one more
+
+
+async def test_a_long_prompt_is_fed_in_chunks_while_the_others_decode(worker_engine: Engine) -> None:
+    batcher = Batcher(worker_engine, Limits(max_batched_tokens=32))
+    short = Conversation(worker_engine, worker_engine.new_cache(), LocalPeer(chat_ids(worker_engine, "Hi.")), "a", "1")
+    long_ids = chat_ids(worker_engine, FACTS * 8)
+    long = Conversation(worker_engine, worker_engine.new_cache(), LocalPeer(long_ids), "b", "2")
+
+    sizes = []
+    for c in (short, long):
+        await c.open()
+        batcher.scheduler.add(c)
+    while long.stats.tokens == 0:
+        scheduled = batcher.scheduler.schedule()
+        sizes.append(sum(len(e.token_ids) for _, e in scheduled))
+        await batcher.step(scheduled)
+    assert max(sizes) <= 32
+    assert len(sizes) >= len(long_ids) // 32
+    assert short.stats.tokens >= len(sizes) - 1, "the short conversation decoded at every step of the long prefill"
+
+
+async def test_a_bad_directive_fails_only_its_own_conversation(worker_engine: Engine) -> None:
+    good = LocalPeer(chat_ids(worker_engine, "Name a colour."), settings=tracker_pb2.Settings(max_new_tokens=6))
+    bad = LocalPeer(chat_ids(worker_engine, "Name a fruit."), evictions={1: [99_999]})
+
+    async def run() -> tuple[BaseException | Conversation, ...]:
+        batcher = Batcher(worker_engine, Limits())
+        stop = asyncio.Event()
+        loop = asyncio.create_task(batcher.run(stop))
+        conversations = [
+            Conversation(worker_engine, worker_engine.new_cache(), p, f"s{i}", "j") for i, p in enumerate((good, bad))
+        ]
+        results = await asyncio.gather(*(batcher.generate(c) for c in conversations), return_exceptions=True)
+        stop.set()
+        await loop
+        return tuple(r if isinstance(r, BaseException) else c for r, c in zip(results, conversations, strict=True))
+
+    ok, failed = await run()
+    assert isinstance(ok, Conversation) and ok.stats.reason == "length" and len(ok.text_ids) == 6
+    assert isinstance(failed, InvalidArgument) and "99999" in failed.message
+    assert bad.failed is not None and bad.failed[0] == "invalid_argument"
+
+
+async def test_a_full_worker_refuses_with_overloaded(worker_engine: Engine) -> None:
+    async def run() -> None:
+        batcher = Batcher(worker_engine, Limits(max_running=1, max_waiting=1, max_batched_tokens=8))
+        ids = chat_ids(worker_engine, "Hi.")
+        replies = [
+            Conversation(worker_engine, worker_engine.new_cache(), LocalPeer(ids), f"s{i}", "j") for i in range(3)
+        ]
+        # No step loop runs: the first two stay queued, one running and one waiting.
+        tasks = [asyncio.create_task(batcher.generate(c)) for c in replies[:2]]
+        while len(batcher.scheduler) < 2:
+            await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="try again"):
+            await batcher.generate(replies[2])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    await run()
