@@ -92,3 +92,21 @@ async def test_release_only_drops_our_own_ownership(redis: Redis) -> None:
     await redis.set("hw:inf:owner:{s1}", "a")
     await aa.release("s1")
     assert await aa.owner("s1") is None
+
+
+async def test_a_new_session_goes_to_the_least_loaded_worker(redis: Redis) -> None:
+    qa, aa = await worker(redis, "a")
+    _, ab = await worker(redis, "b")
+    await aa.report_load(3)
+    await ab.report_load(1)
+    await enqueue(redis, "fresh", "j1")
+    job = await qa.next(block_ms=100)  # a reads it, but b has less to do
+    assert job is not None and await aa.route(job) == "b"
+    assert await aa.owner("fresh") == "b"
+    assert await redis.xlen(worker_stream("b")) == 1
+    # Counted for b at once, so that the next new session in the same burst is weighed with it.
+    assert await redis.hget("hw:inf:load", "b") == b"2"
+    await aa.report_load(0)
+    await enqueue(redis, "fresher", "j2")
+    job = await qa.next(block_ms=100)
+    assert job is not None and await aa.route(job) == "a"  # now a is the least loaded: it keeps it
