@@ -3,7 +3,7 @@
     step = schedule → run → postprocess
 
 - schedule: `Scheduler.schedule()` admits waiting conversations and lays out the step (decodes, then prefill chunks);
-- run: one `Engine.forward` over the flat batch, in a thread, so heartbeats and job intake go on meanwhile;
+- run: one `Engine.forward` over the flat batch, on the engine's thread, so heartbeats and job intake go on;
 - postprocess: each conversation whose pending tokens are all fed samples a token; every such conversation's Frame
   goes to the tracker at once and the Directives are awaited together (one conversation's round trip overlaps the
   others', and none waits for another's), then each Directive is applied to its own cache before the next step.
@@ -24,6 +24,7 @@ from haloweave.tracker.v1 import tracker_pb2
 from services.common.errors import HaloWeaveError, InvalidArgument, Overloaded
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import BatchEntry, Engine, StepOutput
+from services.inference.engine_thread import EngineThread
 from services.inference.metrics import WorkerStats
 from services.inference.scheduler import Limits, Scheduler
 
@@ -39,8 +40,10 @@ class Batcher:
         limits: Limits,
         stats: WorkerStats | None = None,
         on_load: Callable[[int], None] | None = None,
+        thread: EngineThread | None = None,
     ) -> None:
         self.engine = engine
+        self.thread = thread or EngineThread()
         self.scheduler = Scheduler(limits)
         self.stats = stats
         self._on_load = on_load or (lambda load: None)
@@ -65,7 +68,7 @@ class Batcher:
             )
         self._opening += 1
         try:
-            await conversation.open()
+            await conversation.open(self.thread)
         except BaseException:
             await conversation.peer.close()
             raise
@@ -124,7 +127,7 @@ class Batcher:
         if not runnable:
             return None
         try:
-            return await asyncio.to_thread(self.engine.forward, [entry for _, entry in runnable])
+            return await self.thread.run(self.engine.forward, [entry for _, entry in runnable])
         except Exception as error:
             # Every cache is as it was (the engine undoes a failed forward), but which entry broke it is unknown.
             log.exception("forward of %d conversations failed", len(runnable))
@@ -155,7 +158,10 @@ class Batcher:
         closed = await asyncio.gather(*(c.peer.finish(c.finish_message()) for c, _ in finished), return_exceptions=True)
         # The last step may have pruned too: a held cache should match the dictionary (and its size the budget) now,
         # not only at the next turn's sync. Done after Closed so that `done` is not delayed.
-        for conversation, failure in await asyncio.to_thread(self._apply, settled):
+        # Evictions move KV slots: off the event loop. A step with none (most steps) needs no thread hop.
+        edits = any(d.reprefill or d.evict_positions for _, d, _ in settled)
+        failures = await self.thread.run(self._apply, settled) if edits else self._apply(settled)
+        for conversation, failure in failures:
             self._fail(conversation, failure)
         for (conversation, _), outcome in zip(finished, closed, strict=True):
             if isinstance(outcome, BaseException):

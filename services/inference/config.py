@@ -33,6 +33,8 @@ class InferenceConfig:
     max_running: int = 16
     max_waiting: int = 64
     max_batched_tokens: int = 128
+    # Tokens in a forward where no conversation decodes (nobody's inter-token latency to protect): bigger chunks.
+    max_prefill_tokens: int = 1024
     # Ray's own RAY_ADDRESS joins an existing cluster (Kubernetes, compose); unset, a private local Ray is started.
     ray_address: str = "local"
 
@@ -49,6 +51,10 @@ class InferenceConfig:
             raise config.ConfigError(
                 f"HALOWEAVE_MAX_BATCHED_TOKENS={self.max_batched_tokens} must be at least HALOWEAVE_MAX_RUNNING"
                 f"={self.max_running}: every running conversation decodes one token per step"
+            )
+        if self.max_prefill_tokens < self.max_batched_tokens:
+            raise config.ConfigError(
+                f"HALOWEAVE_MAX_PREFILL_TOKENS={self.max_prefill_tokens} must be at least HALOWEAVE_MAX_BATCHED_TOKENS"
             )
         if self.claim_idle_ms < 1000:
             raise config.ConfigError(f"HALOWEAVE_CLAIM_IDLE_MS={self.claim_idle_ms} must be at least 1000")
@@ -81,5 +87,6 @@ class InferenceConfig:
             max_running=config.get_int("HALOWEAVE_MAX_RUNNING", 16),
             max_waiting=config.get_int("HALOWEAVE_MAX_WAITING", 64),
             max_batched_tokens=config.get_int("HALOWEAVE_MAX_BATCHED_TOKENS", 128),
+            max_prefill_tokens=config.get_int("HALOWEAVE_MAX_PREFILL_TOKENS", 1024),
             ray_address=config.get("RAY_ADDRESS", "local"),
         )

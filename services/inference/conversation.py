@@ -27,6 +27,7 @@ from services.inference.engine import (
     StepOutput,
     stop_reached,
 )
+from services.inference.engine_thread import EngineThread
 from services.inference.reply import Peer
 
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "seed")
@@ -106,7 +107,7 @@ class Conversation:
 
     # ---- opening: what the cache must be fed before the first token ------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, thread: EngineThread) -> None:
         opened = await self.peer.open()
         self.turn_id = opened.turn_id
         self._settings(opened.settings, first=True)
@@ -117,7 +118,7 @@ class Conversation:
         plan = self.cache.sync_plan(positions, token_ids)
         if plan is not None and plan[1]:
             evict, suffix_positions, suffix_ids = plan
-            await asyncio.to_thread(self.engine.evict, self.cache, evict)
+            await thread.run(self.engine.evict, self.cache, evict)
             self._feed(suffix_ids, suffix_positions)
         else:
             # The cache cannot be brought there by evictions and a suffix (or holds all of it, and the last token's

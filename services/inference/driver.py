@@ -69,6 +69,7 @@ class Driver:
                 max_running=self.config.max_running,
                 max_waiting=self.config.max_waiting,
                 max_batched_tokens=self.config.max_batched_tokens,
+                max_prefill_tokens=self.config.max_prefill_tokens,
             )
             self.actors[worker_id] = remote.remote(settings, functools.partial(build_engine, engine_config))
 

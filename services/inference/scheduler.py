@@ -5,7 +5,9 @@ conversations, in order, while the bound on running conversations and the KV byt
 counts the bytes it may reach: cache, pending tokens and every token it may still sample). Then it fills the step's
 token budget: every running conversation that decodes gets its one token first, so decoding never waits behind a
 prompt; what is left goes to prefill chunks, oldest first, so a long prompt is fed over several steps while the
-others keep decoding. The model runner only ever sees the flat list this returns.
+others keep decoding. The budget (`max_batched_tokens`) is what bounds a decoding conversation's inter-token
+latency; in a step where nobody decodes there is no such latency to protect, and prompts go in bigger chunks
+(`max_prefill_tokens`), which feed them faster. The model runner only ever sees the flat list this returns.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Limits:
     max_running: int = 16  # conversations in one forward
     max_waiting: int = 64  # opened replies queued behind them; one more is refused as overloaded
     max_batched_tokens: int = 128  # tokens in one forward: every decode, then prefill chunks
+    max_prefill_tokens: int = 1024  # tokens in a forward where no conversation decodes
     kv_budget_bytes: int = 2 * 1024**3  # KV bytes the running conversations may reach together
 
     def __post_init__(self) -> None:
@@ -33,6 +36,11 @@ class Limits:
             raise ValueError(
                 f"max_batched_tokens ({self.max_batched_tokens}) must be at least max_running ({self.max_running}):"
                 " every running conversation decodes one token per step"
+            )
+        if self.max_prefill_tokens < self.max_batched_tokens:
+            raise ValueError(
+                f"max_prefill_tokens ({self.max_prefill_tokens}) must be at least max_batched_tokens"
+                f" ({self.max_batched_tokens})"
             )
 
 
@@ -59,12 +67,11 @@ class Scheduler:
 
     def schedule(self) -> list[tuple[Conversation, BatchEntry]]:
         self._admit()
-        budget = self.limits.max_batched_tokens
         batch: list[tuple[Conversation, BatchEntry]] = []
         for conversation in self.running:
             if conversation.pending == 1:
                 batch.append((conversation, conversation.next_entry(1)))
-                budget -= 1
+        budget = (self.limits.max_batched_tokens if batch else self.limits.max_prefill_tokens) - len(batch)
         for conversation in self.running:
             if conversation.pending > 1 and budget > 0:
                 entry = conversation.next_entry(budget)

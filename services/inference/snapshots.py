@@ -7,8 +7,6 @@ holds the cache as it was; on the way back it is only re-installed and then sync
 
 from __future__ import annotations
 
-import asyncio
-
 from google.protobuf.message import DecodeError
 from haloweave.snapshot.v1 import snapshot_pb2
 from haloweave.tracker.v1 import tracker_pb2
@@ -18,6 +16,7 @@ from services.common.errors import DataLoss, FailedPrecondition
 from services.inference import snapshot_io
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.engine import Engine, SessionCache
+from services.inference.engine_thread import EngineThread
 
 CACHE_IMPL = "dynamic"
 DEFAULT_OBFUSCATION = ("rotate_heads", "xor_mask", "remap_ids")
@@ -34,9 +33,11 @@ class Snapshots:
         engine: Engine,
         tracker: TrackerClient,
         client: SnapshotClient,
+        thread: EngineThread,
         obfuscation: tuple[str, ...] = DEFAULT_OBFUSCATION,
     ) -> None:
         self.engine = engine
+        self.thread = thread
         self.tracker = tracker
         self.client = client
         self.obfuscation = obfuscation
@@ -67,8 +68,8 @@ class Snapshots:
         Returns the snapshot's info and its token count."""
         state = await self.tracker.export(session_id)
         positions, token_ids = active(state)
-        await asyncio.to_thread(self._settle, cache, positions, token_ids)
-        arrays = await asyncio.to_thread(self.engine.export_cache, cache)
+        await self.thread.run(self._settle, cache, positions, token_ids)
+        arrays = await self.thread.run(self.engine.export_cache, cache)
         info = await self.client.save(self._header(session_id, state), tensor_chunks.to_chunks(arrays))
         return info, len(positions)
 
@@ -109,14 +110,14 @@ class Snapshots:
 
     async def _import(self, snapshot_id: str, arrays: dict) -> SessionCache:
         try:
-            return await asyncio.to_thread(self.engine.import_cache, arrays)
+            return await self.thread.run(self.engine.import_cache, arrays)
         except ValueError as error:
             raise DataLoss(f"snapshot {snapshot_id}: {error}") from None
 
     async def offload(self, session_id: str, cache: SessionCache) -> str:
         """Saves the cache as it is (memory pressure); returns the snapshot id to bring it back with."""
         state = await self.tracker.export(session_id)
-        arrays = await asyncio.to_thread(self.engine.export_cache, cache)
+        arrays = await self.thread.run(self.engine.export_cache, cache)
         info = await self.client.save(self._header(session_id, state), tensor_chunks.to_chunks(arrays))
         return info.snapshot_id
 

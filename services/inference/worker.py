@@ -26,6 +26,7 @@ from services.inference.batcher import Batcher
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import Engine, SessionCache
+from services.inference.engine_thread import EngineThread
 from services.inference.jobs import BadJob, Job, JobQueue
 from services.inference.metrics import WorkerStats
 from services.inference.reply import TrackerPeer
@@ -54,6 +55,7 @@ class WorkerSettings:
     max_running: int = 16
     max_waiting: int = 64
     max_batched_tokens: int = 128
+    max_prefill_tokens: int = 1024
 
 
 class Worker:
@@ -66,7 +68,8 @@ class Worker:
         self.redis = Redis.from_url(settings.redis_url)
         self.tracker = TrackerClient(settings.tracker_addr)
         self.snapshot_client = SnapshotClient(settings.snapshot_addr)
-        self.snapshots = Snapshots(engine, self.tracker, self.snapshot_client)
+        self.engine_thread = EngineThread()  # every engine call, forwards and snapshots alike, on this one thread
+        self.snapshots = Snapshots(engine, self.tracker, self.snapshot_client, self.engine_thread)
         self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms)
         self.affinity = Affinity(self.redis, self.worker_id, heartbeat_ttl_ms=settings.claim_idle_ms)
         self.last_reply: ReplyStats | None = None  # for status and tests: how the latest reply went
@@ -74,10 +77,11 @@ class Worker:
             max_running=settings.max_running,
             max_waiting=settings.max_waiting,
             max_batched_tokens=settings.max_batched_tokens,
+            max_prefill_tokens=settings.max_prefill_tokens,
             kv_budget_bytes=settings.kv_budget_bytes,
         )
         self.stats.kv_budget_bytes = settings.kv_budget_bytes
-        self.batcher = Batcher(engine, limits, self.stats, on_load=self._load_changed)
+        self.batcher = Batcher(engine, limits, self.stats, on_load=self._load_changed, thread=self.engine_thread)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._active: dict[str, Job] = {}  # session id -> the job that has it now
         self._session_free: dict[str, asyncio.Event] = {}
@@ -87,6 +91,7 @@ class Worker:
             await self.affinity.retire()
         await self.tracker.close()
         await self.snapshot_client.close()
+        self.engine_thread.close()
         await self.redis.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -79,7 +79,9 @@ def _rows(
     grouped = query.reshape(b, kv_heads, group * q_len, d)
     # The same arithmetic as transformers' eager attention (scores in the model's dtype, softmax in float32), in as
     # few kernels as possible: where decode is bound by kernel launches, each one per layer shows.
-    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling  # [b, KV, group*q, T]
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # [b, KV, group*q, T]
+    if scaling != 1.0:
+        scores = scores * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
@@ -164,8 +166,10 @@ def attention_forward(
         raise RuntimeError("the haloweave attention runs only inside Engine.forward (it needs the batch plan)")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = _layer(module)
+    # Scaled once for the whole batch rather than once per conversation (the explicit rows then skip it).
+    query = query * scale
     outs = [
-        _attend(layer, query[:, :, start:end], k, v, scale, sliding_window, softcap, sink)
+        _attend(layer, query.narrow(2, start, end - start), k, v, 1.0, sliding_window, softcap, sink)
         for (start, end), k, v, sink in zip(batch.spans, batch.keys, batch.values, batch.sinks, strict=True)
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

@@ -67,7 +67,8 @@ class BatchCache(Cache):
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
         for entry, (start, end) in zip(batch.entries, batch.spans, strict=True):
-            k, v = entry.cache.layers[layer_idx].update(key_states[:, :, start:end], value_states[:, :, start:end])
+            new_keys, new_values = key_states.narrow(2, start, end - start), value_states.narrow(2, start, end - start)
+            k, v = entry.cache.layers[layer_idx].update(new_keys, new_values)
             keys.append(k)
             values.append(v)
         batch.keys, batch.values = keys, values

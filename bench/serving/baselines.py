@@ -1,0 +1,78 @@
+"""What the system is compared with, measured in the bench's own process while the stacks sit idle:
+
+- `padded_generate`: what a user would write by hand: transformers' `generate` over a left-padded batch of the same
+  prompts (SDPA attention, greedy, no capture);
+- `prefill_alone`: one prompt's prefill on our engine with nothing else running (the floor for its first token);
+- `capture_cost`: the engine's batched decode step with capture on vs off (the same forward, the rows not kept).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from services.inference.engine import BatchEntry, Engine
+
+
+def chat_ids(tokenizer: Any, text: str) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    return [int(t) for t in (ids if isinstance(ids, list) else ids["input_ids"])]
+
+
+class PaddedGenerate:
+    def __init__(self, model_path: str, tokenizer: Any) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+        self.model.eval()
+        self.tokenizer = tokenizer
+
+    def run(self, texts: list[str], new_tokens: int) -> tuple[int, float]:
+        """(generated tokens, seconds) for the whole batch; a row's tokens count up to its EOS."""
+        rows = [chat_ids(self.tokenizer, t) for t in texts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad
+            )
+        seconds = time.perf_counter() - started
+        eos = set(self.tokenizer.all_special_ids)
+        generated = 0
+        for row in out[:, width:].tolist():
+            for token in row:
+                generated += 1
+                if token in eos:
+                    break
+        return generated, seconds
+
+
+def prefill_alone(engine: Engine, ids: list[int]) -> float:
+    cache = engine.new_cache()
+    started = time.perf_counter()
+    engine.prefill(cache, ids, list(range(len(ids))), capture="mean")
+    return time.perf_counter() - started
+
+
+def capture_cost(engine: Engine, conversations: int, context: int, steps: int, repeats: int) -> dict[str, float]:
+    """Decode tokens/s of a batch of `conversations` with capture on (`mean`) and off, interleaved over repeats."""
+    caches = []
+    for i in range(conversations):
+        cache = engine.new_cache()
+        engine.prefill(cache, [100 + (i * 7 + j) % 40000 for j in range(context)], list(range(context)), None)
+        caches.append(cache)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(repeats):
+        for label, mode in (("on", "mean"), ("off", None)):
+            started = time.perf_counter()
+            for _ in range(steps):
+                engine.forward([BatchEntry(c, [42], [c.next_position], mode) for c in caches])
+            rates[label].append(conversations * steps / (time.perf_counter() - started))
+            for cache in caches:
+                cache.truncate(context)
+    on, off = sorted(rates["on"]), sorted(rates["off"])
+    return {"on_tokens_per_s": on[len(on) // 2], "off_tokens_per_s": off[len(off) // 2]}
