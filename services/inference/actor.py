@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from services.inference import engine_thread
 from services.inference.engine import Engine
 from services.inference.metrics import WorkerStats
 from services.inference.worker import Worker, WorkerSettings
@@ -38,7 +39,8 @@ class WorkerActor:
 
     def _main(self, engine_factory: Callable[[], Engine]) -> None:
         try:
-            engine = engine_factory()
+            # Built on the engine thread: any torch work on a second thread would slow every forward (engine_thread).
+            engine = engine_thread.shared().call(engine_factory)
         except Exception as error:  # the driver reports it; health stays NOT_SERVING
             log.exception("engine failed to load")
             self.error = f"engine failed to load: {error}"

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from haloweave.tracker.v1 import tracker_pb2
 
 from services.common.errors import HaloWeaveError, InvalidArgument, Overloaded
+from services.inference import engine_thread
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import BatchEntry, Engine, StepOutput
 from services.inference.engine_thread import EngineThread
@@ -43,7 +44,7 @@ class Batcher:
         thread: EngineThread | None = None,
     ) -> None:
         self.engine = engine
-        self.thread = thread or EngineThread()
+        self.thread = thread or engine_thread.shared()
         self.scheduler = Scheduler(limits)
         self.stats = stats
         self._on_load = on_load or (lambda load: None)

@@ -80,9 +80,10 @@ class TrackerPeer:
 
 
 class LocalPeer:
-    """A tracker stand-in: the context is the prompt and every sampled token takes the next position. Nothing is
-    pruned unless `evictions` says so (step -> positions to evict after it); `cancelled()` is asked at every step.
-    `frames` keeps what the conversation sent."""
+    """A tracker stand-in: the context is the prompt, and every sampled token is appended at the next position.
+    Nothing is pruned unless `evictions` says so (step -> positions dropped after it), in place or, with
+    `reprefill=True`, as a rebuild from what survives; `settings` changes (step -> Settings) arrive with that step's
+    Directive, and `cancelled()` is asked at every step. `frames` keeps what the conversation sent."""
 
     def __init__(
         self,
@@ -91,29 +92,45 @@ class LocalPeer:
         settings: tracker_pb2.Settings | None = None,
         cancelled: Callable[[], bool] | None = None,
         evictions: dict[int, list[int]] | None = None,
+        reprefill: bool = False,
+        changes: dict[int, tracker_pb2.Settings] | None = None,
     ) -> None:
-        positions = positions if positions is not None else list(range(len(token_ids)))
-        self.context = tracker_pb2.Context(positions=positions, token_ids=token_ids)
+        self.positions = list(positions if positions is not None else range(len(token_ids)))
+        self.token_ids = list(token_ids)
         self.settings = settings if settings is not None else tracker_pb2.Settings()
-        self.next_position = (positions[-1] + 1) if positions else 0
+        self.next_position = (self.positions[-1] + 1) if self.positions else 0
         self.cancelled = cancelled or (lambda: False)
         self.evictions = evictions or {}
+        self.reprefill = reprefill
+        self.changes = changes or {}
         self.frames: list[tracker_pb2.Frame] = []
         self.finished: tracker_pb2.Finish | None = None
         self.failed: tuple[str, str] | None = None
 
+    def _context(self) -> tracker_pb2.Context:
+        return tracker_pb2.Context(positions=self.positions, token_ids=self.token_ids, next_position=self.next_position)
+
     async def open(self) -> tracker_pb2.Opened:
-        return tracker_pb2.Opened(turn_id=1, settings=self.settings, context=self.context)
+        return tracker_pb2.Opened(turn_id=1, settings=self.settings, context=self._context())
 
     async def step(self, frame: tracker_pb2.Frame) -> tracker_pb2.Directive:
         self.frames.append(frame)
         position, self.next_position = self.next_position, self.next_position + 1
-        return tracker_pb2.Directive(
-            step=frame.step,
-            position=position,
-            evict_positions=self.evictions.get(frame.step, []),
-            cancel=self.cancelled(),
-        )
+        self.positions.append(position)
+        self.token_ids.append(frame.token_id)
+        directive = tracker_pb2.Directive(step=frame.step, position=position, cancel=self.cancelled())
+        gone = set(self.evictions.get(frame.step, []))
+        if gone:
+            kept = [(p, t) for p, t in zip(self.positions, self.token_ids, strict=True) if p not in gone]
+            self.positions, self.token_ids = [p for p, _ in kept], [t for _, t in kept]
+            if self.reprefill:
+                directive.reprefill = True
+                directive.context.CopyFrom(self._context())
+            else:
+                directive.evict_positions.extend(sorted(gone))
+        if frame.step in self.changes:
+            directive.settings.CopyFrom(self.changes[frame.step])
+        return directive
 
     async def finish(self, finish: tracker_pb2.Finish) -> None:
         self.finished = finish

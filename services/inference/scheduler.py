@@ -5,9 +5,14 @@ conversations, in order, while the bound on running conversations and the KV byt
 counts the bytes it may reach: cache, pending tokens and every token it may still sample). Then it fills the step's
 token budget: every running conversation that decodes gets its one token first, so decoding never waits behind a
 prompt; what is left goes to prefill chunks, oldest first, so a long prompt is fed over several steps while the
-others keep decoding. The budget (`max_batched_tokens`) is what bounds a decoding conversation's inter-token
-latency; in a step where nobody decodes there is no such latency to protect, and prompts go in bigger chunks
-(`max_prefill_tokens`), which feed them faster. The model runner only ever sees the flat list this returns.
+others keep decoding.
+
+The budget is a trade between the two kinds of waiting user: every token of prefill lengthens the step that each
+decoding conversation waits for, and every token held back delays a prompt's first token. `max_batched_tokens` is
+the step for one prompt among many decoders (it bounds their inter-token latency while a long prompt is fed); the
+budget grows with the number of conversations still waiting for their first token per decoding one, up to
+`max_prefill_tokens`, which is also the budget when nobody decodes at all (there is no latency to protect, and
+bigger chunks feed prompts faster). The model runner only ever sees the flat list this returns.
 """
 
 from __future__ import annotations
@@ -71,13 +76,21 @@ class Scheduler:
         for conversation in self.running:
             if conversation.pending == 1:
                 batch.append((conversation, conversation.next_entry(1)))
-        budget = (self.limits.max_batched_tokens if batch else self.limits.max_prefill_tokens) - len(batch)
+        budget = self._budget(decoding=len(batch)) - len(batch)
         for conversation in self.running:
             if conversation.pending > 1 and budget > 0:
                 entry = conversation.next_entry(budget)
                 budget -= len(entry.token_ids)
                 batch.append((conversation, entry))
         return batch
+
+    def _budget(self, decoding: int) -> int:
+        limits = self.limits
+        if decoding == 0:
+            return limits.max_prefill_tokens
+        prefilling = sum(1 for c in self.running if c.pending > 1)
+        share = -(-prefilling // decoding)  # ceil: prompts waiting per decoding conversation
+        return min(limits.max_prefill_tokens, limits.max_batched_tokens * max(1, share))
 
     def _admit(self) -> None:
         reserved = self.kv_bytes_reserved()

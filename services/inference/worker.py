@@ -21,12 +21,12 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import AlreadyExists, Busy, HaloWeaveError, NotFound
+from services.inference import engine_thread
 from services.inference.affinity import Affinity
 from services.inference.batcher import Batcher
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import Engine, SessionCache
-from services.inference.engine_thread import EngineThread
 from services.inference.jobs import BadJob, Job, JobQueue
 from services.inference.metrics import WorkerStats
 from services.inference.reply import TrackerPeer
@@ -68,7 +68,7 @@ class Worker:
         self.redis = Redis.from_url(settings.redis_url)
         self.tracker = TrackerClient(settings.tracker_addr)
         self.snapshot_client = SnapshotClient(settings.snapshot_addr)
-        self.engine_thread = EngineThread()  # every engine call, forwards and snapshots alike, on this one thread
+        self.engine_thread = engine_thread.shared()  # every engine call, forwards and snapshots alike, on it
         self.snapshots = Snapshots(engine, self.tracker, self.snapshot_client, self.engine_thread)
         self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms)
         self.affinity = Affinity(self.redis, self.worker_id, heartbeat_ttl_ms=settings.claim_idle_ms)
@@ -91,7 +91,6 @@ class Worker:
             await self.affinity.retire()
         await self.tracker.close()
         await self.snapshot_client.close()
-        self.engine_thread.close()
         await self.redis.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -31,18 +31,22 @@ def chat_ids(engine: Engine, text: str) -> list[int]:
 
 
 def peers(engine: Engine) -> list[LocalPeer]:
-    """Four conversations of 30 to ~300 tokens; the second is pruned after step 2, the third ships `full` rows."""
+    """Five conversations of 30 to ~300 tokens; the second is pruned in place after step 2, the third ships `full`
+    rows, the fifth is pruned after step 4 in reprefill mode (rebuilt in chunks while the others decode)."""
     prompts = [
         chat_ids(engine, "Name a colour."),
         chat_ids(engine, FACTS * 3 + "What does the keeper count?"),
         chat_ids(engine, FACTS + "Say something about the tide."),
         chat_ids(engine, FACTS * 12 + "Summarise that."),
+        chat_ids(engine, FACTS * 2 + "Tell me about ships."),
     ]
-    settings = [tracker_pb2.Settings(max_new_tokens=12, aggregation=mode) for mode in ("mean", "max", "full", "mean")]
-    pruned = list(range(20, 32))  # a stretch of the prompt, gone from the cache from step 3 on
+    modes = ("mean", "max", "full", "mean", "weighted_layers")
+    settings = [tracker_pb2.Settings(max_new_tokens=12, aggregation=mode) for mode in modes]
+    pruned = list(range(20, 32))  # a stretch of the prompt, gone from the cache after the step
+    prunes: list[dict[int, list[int]] | None] = [None, {2: pruned}, None, None, {4: pruned}]
     return [
-        LocalPeer(ids, settings=s, evictions={2: pruned} if i == 1 else None)
-        for i, (ids, s) in enumerate(zip(prompts, settings, strict=True))
+        LocalPeer(ids, settings=s, evictions=prune, reprefill=i == 4)
+        for i, (ids, s, prune) in enumerate(zip(prompts, settings, prunes, strict=True))
     ]
 
 
@@ -65,14 +69,15 @@ def test_a_conversation_in_a_batch_gets_what_it_gets_alone(worker_engine: Engine
         assert b.text_ids == a.text_ids, f"conversation {i}"
         assert b.cache.positions == a.cache.positions
         assert len(rows(batch_peers[i])) == len(rows(alone_peers[i])) == 12
+        assert b.stats.rebuilt == (i == 4)
         for step, (x, y) in enumerate(zip(rows(alone_peers[i]), rows(batch_peers[i]), strict=True)):
             assert x.shape == y.shape, (i, step)
             # fp32 rows to 1e-5; `full` travels as fp16, so there one fp16 step of difference is allowed
             tolerance = 1e-3 if x.ndim == 3 else 1e-5
             assert float(np.abs(x - y).max()) <= tolerance, (i, step)
-    pruned = together[1]
-    assert not set(range(20, 32)) & set(pruned.cache.positions)
-    assert rows(batch_peers[1])[3].shape[0] == rows(batch_peers[1])[2].shape[0] + 1 - 12  # pruned, then one more
+    for i, step in ((1, 2), (4, 4)):
+        assert not set(range(20, 32)) & set(together[i].cache.positions)
+        assert rows(batch_peers[i])[step + 1].shape[0] == rows(batch_peers[i])[step].shape[0] + 1 - 12
 
 
 async def test_a_long_prompt_is_fed_in_chunks_while_the_others_decode(worker_engine: Engine) -> None:
@@ -114,6 +119,24 @@ async def test_a_bad_directive_fails_only_its_own_conversation(worker_engine: En
     assert isinstance(ok, Conversation) and ok.stats.reason == "length" and len(ok.text_ids) == 6
     assert isinstance(failed, InvalidArgument) and "99999" in failed.message
     assert bad.failed is not None and bad.failed[0] == "invalid_argument"
+
+
+async def test_settings_that_are_invalid_mid_reply_fail_only_their_conversation(worker_engine: Engine) -> None:
+    broken = tracker_pb2.Settings(top_p=0.0)  # out of range: refused when the Directive brings it
+    good = LocalPeer(chat_ids(worker_engine, "Name a colour."), settings=tracker_pb2.Settings(max_new_tokens=5))
+    bad = LocalPeer(chat_ids(worker_engine, "Name a fruit."), changes={1: broken})
+    batcher = Batcher(worker_engine, Limits())
+    stop = asyncio.Event()
+    loop = asyncio.create_task(batcher.run(stop))
+    ok, failed = (
+        Conversation(worker_engine, worker_engine.new_cache(), p, f"s{i}", "j") for i, p in enumerate((good, bad))
+    )
+    results = await asyncio.gather(batcher.generate(ok), batcher.generate(failed), return_exceptions=True)
+    stop.set()
+    await loop
+    assert not isinstance(results[0], BaseException) and len(ok.text_ids) == 5
+    assert isinstance(results[1], InvalidArgument) and "top_p" in results[1].message
+    assert bad.failed is not None and len(bad.frames) == 2
 
 
 async def test_a_full_worker_refuses_with_overloaded(worker_engine: Engine) -> None:

@@ -56,6 +56,21 @@ def test_with_nobody_decoding_prompts_go_in_bigger_chunks() -> None:
     assert layout(s) == [("long", 36), ("short", 28)]
 
 
+def test_the_budget_grows_with_the_prompts_waiting_per_decoding_conversation() -> None:
+    s = Scheduler(Limits(max_running=8, max_batched_tokens=16, max_prefill_tokens=40))
+    decoder = FakeConversation("d", 1)
+    prompts = [FakeConversation(f"p{i}", 100) for i in range(3)]
+    for conv in (decoder, *prompts):
+        s.add(conv)  # type: ignore[arg-type]
+    # One decodes, three wait for their first token: three budgets' worth, capped at max_prefill_tokens.
+    assert layout(s) == [("d", 1), ("p0", 39)]
+    decoder.pending_tokens = 1
+    second = FakeConversation("d2", 1)
+    s.add(second)  # type: ignore[arg-type]
+    # Two decode, three wait: ceil(3 / 2) = 2 budgets.
+    assert layout(s) == [("d", 1), ("d2", 1), ("p0", 30)]
+
+
 def test_admission_keeps_arrival_order_and_the_bounds() -> None:
     s = Scheduler(Limits(max_running=2, max_batched_tokens=8, max_prefill_tokens=8, kv_budget_bytes=100))
     convs = [FakeConversation(f"c{i}", 1, kv=40) for i in range(4)]
