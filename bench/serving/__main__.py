@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import json
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -28,6 +29,7 @@ import torch
 
 from devstack.stack import Stack
 from services.common import model_store
+from services.inference import engine_thread
 from services.inference.engine import Engine, EngineConfig
 
 from . import baselines, prompts
@@ -103,7 +105,13 @@ def start_stacks(root: Path) -> dict[str, Stack]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    torch.set_num_threads(2)
+    # A plain kill must still stop the stacks this started (their `finally`), not leave them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return engine_thread.shared().call(run, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """On the engine thread: every torch call of this process runs on it, as in a worker."""
     path = str(model_store.model_path())
     engine = Engine(EngineConfig(threads=2))
     tokenizer = engine.tokenizer
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cells: dict[tuple[str, int, int], list[list[Reply]]] = {}
     generated: dict[tuple[int, int], list[float]] = {}
+    alone: dict[tuple[int, int], list[float]] = {}
     late_runs: list[tuple[list[Reply], Reply]] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hw-serving-") as tmp:
@@ -144,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                             progress(rep, name, length, n, row["tokens_per_s"], started, row["ttft_p90_s"])
                         tokens, seconds = generate.run(texts[length][:n], args.new_tokens)
                         generated.setdefault((length, n), []).append(tokens / seconds)
-                        progress(rep, "generate", length, n, tokens / seconds, started)
+                        progress(rep, "padded_generate", length, n, tokens / seconds, started)
+                        tokens, seconds = baselines.engine_alone(engine, texts[length][:n], args.new_tokens)
+                        alone.setdefault((length, n), []).append(tokens / seconds)
+                        progress(rep, "engine_alone", length, n, tokens / seconds, started)
                 decoding, long = asyncio.run(
                     burst(stacks["batched"].ws_url, texts[args.lengths[0]][:8], settings, header, late=late)
                 )
@@ -156,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             for stack in stacks.values():
                 stack.stop()
     prefill = {name: statistics.median(values) for name, values in prefill_runs.items()}
-    capture = baselines.capture_cost(engine, conversations=8, context=args.lengths[0], steps=16, repeats=3)
-    report = build_report(args, cells, generated, late_runs, prefill, capture)
+    capture = baselines.capture_cost(engine, conversations=8, context=args.lengths[0], steps=8, repeats=15)
+    bound = baselines.gemm_bound(engine, 8)
+    report = build_report(
+        args, cells, {"padded_generate": generated, "engine_alone": alone}, late_runs, prefill, capture
+    )
+    report["gemm_bound"] = bound
     print_report(report)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
@@ -186,7 +202,7 @@ def late_window(decoding: list[Reply], long: Reply) -> tuple[list[float], list[f
 def build_report(
     args: argparse.Namespace,
     cells: dict[tuple[str, int, int], list[list[Reply]]],
-    generated: dict[tuple[int, int], list[float]],
+    in_process: dict[str, dict[tuple[int, int], list[float]]],
     late_runs: list[tuple[list[Reply], Reply]],
     prefill: dict[str, float],
     capture: dict[str, float],
@@ -194,9 +210,10 @@ def build_report(
     rows = []
     for (name, length, n), runs in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         rows.append({"system": name, "prompt_tokens": length, "conversations": n, **summarise(runs)})
-    for (length, n), rates in sorted(generated.items()):
-        rows.append({"system": "padded_generate", "prompt_tokens": length, "conversations": n,
-                     "tokens_per_s": statistics.median(rates), "bursts": len(rates)})  # fmt: skip
+    for system, measured in in_process.items():
+        for (length, n), rates in sorted(measured.items()):
+            rows.append({"system": system, "prompt_tokens": length, "conversations": n,
+                         "tokens_per_s": statistics.median(rates), "bursts": len(rates)})  # fmt: skip
     windows = [late_window(d, long) for d, long in late_runs]
     during = [g for w in windows for g in w[0]]
     steady = [g for w in windows for g in w[1]]
@@ -308,8 +325,19 @@ def print_report(report: dict[str, Any]) -> None:
         f" {late['decoders_itl_p50_during_s'] * 1000:.0f} ms, p99 {late['decoders_itl_p99_during_s'] * 1000:.0f} ms"
         f" ({late['gaps']} gaps), otherwise p50 {late['decoders_itl_p50_s'] * 1000:.0f} ms"
     )
+    b = report["gemm_bound"]
+    print(
+        f"the model's weight GEMMs alone: {b['gemm_1_s'] * 1000:.1f} ms at M = 1, {b['gemm_8_s'] * 1000:.1f} ms at"
+        f" M = 8: batching 8 decodes can give at most {b['bound']:.2f}× one decode's tokens/s on this machine"
+    )
     c = report["capture"]
     print(f"capture in a batch of 8: {c['on_tokens_per_s']:.1f} tok/s on, {c['off_tokens_per_s']:.1f} off")
+    rates = {(r["system"], r["conversations"]): r["tokens_per_s"] for r in report["rows"] if r["prompt_tokens"] == 100}
+    if ("engine_alone", 8) in rates and ("padded_generate", 8) in rates:
+        print(
+            f"N = 8 at 100 tokens: engine alone {rates[('engine_alone', 8)]:.1f} tok/s, padded generate"
+            f" {rates[('padded_generate', 8)]:.1f}, the whole system {rates.get(('batched', 8), float('nan')):.1f}"
+        )
     print("\n| target | value | bound | |")
     print("|---|---|---|---|")
     for t in report["targets"]:

@@ -3,18 +3,30 @@
 - `padded_generate`: what a user would write by hand: transformers' `generate` over a left-padded batch of the same
   prompts (SDPA attention, greedy, no capture);
 - `prefill_alone`: one prompt's prefill on our engine with nothing else running (the floor for its first token);
-- `capture_cost`: the engine's batched decode step with capture on vs off (the same forward, the rows not kept).
+- `capture_cost`: the engine's batched decode step with capture on vs off (the same forward, the rows not kept);
+- `engine_alone`: our batcher and engine in this process, capture on, with no tracker, gateway or clients (what the
+  system's own services cost is the difference from the system's rows);
+- `gemm_bound`: the model's weight GEMMs alone at M = 1 and M = N tokens: even if everything else were free,
+  batching N decodes cannot beat N × t(1) / t(N).
+
+Everything here runs on the process's engine thread (services.inference.engine_thread explains why).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import torch
+from haloweave.tracker.v1 import tracker_pb2
 from transformers import AutoModelForCausalLM
 
+from services.inference.batcher import Batcher
+from services.inference.conversation import Conversation
 from services.inference.engine import BatchEntry, Engine
+from services.inference.reply import LocalPeer
+from services.inference.scheduler import Limits
 
 
 def chat_ids(tokenizer: Any, text: str) -> list[int]:
@@ -76,3 +88,45 @@ def capture_cost(engine: Engine, conversations: int, context: int, steps: int, r
                 cache.truncate(context)
     on, off = sorted(rates["on"]), sorted(rates["off"])
     return {"on_tokens_per_s": on[len(on) // 2], "off_tokens_per_s": off[len(off) // 2]}
+
+
+class _Inline:
+    """The batcher's engine thread when the caller already is that thread: runs the call in place."""
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+def engine_alone(engine: Engine, texts: list[str], new_tokens: int) -> tuple[int, float]:
+    """(generated tokens, seconds) for every text at once through the batcher, with a LocalPeer for each."""
+
+    async def run() -> tuple[int, float]:
+        settings = tracker_pb2.Settings(max_new_tokens=new_tokens, temperature=0.0)
+        peers = [LocalPeer(chat_ids(engine.tokenizer, t), settings=settings) for t in texts]
+        batcher = Batcher(engine, Limits(), thread=_Inline())  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        loop = asyncio.create_task(batcher.run(stop))
+        replies = [Conversation(engine, engine.new_cache(), p, f"s{i}", "j") for i, p in enumerate(peers)]
+        started = time.perf_counter()
+        await asyncio.gather(*(batcher.generate(c) for c in replies))
+        seconds = time.perf_counter() - started
+        stop.set()
+        await loop
+        return sum(c.stats.tokens for c in replies), seconds
+
+    return asyncio.run(run())
+
+
+def gemm_bound(engine: Engine, n: int, repeats: int = 5) -> dict[str, float]:
+    """The model's linear layers alone on [1, in] and [n, in] inputs (interleaved, best of `repeats`)."""
+    linears = [m for m in engine.model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m: {k: torch.randn(k, m.in_features) for k in (1, n)} for m in linears}
+    best = {1: float("inf"), n: float("inf")}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for k in (1, n):
+                started = time.perf_counter()
+                for m in linears:
+                    m(inputs[m][k])
+                best[k] = min(best[k], time.perf_counter() - started)
+    return {"gemm_1_s": best[1], f"gemm_{n}_s": best[n], "bound": n * best[1] / best[n], "n": n}

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common import config, model_store
-
-DEFAULT_KV_BUDGET_BYTES = 2 * 1024**3
+from services.inference.scheduler import Limits
 
 
 @dataclass(slots=True, frozen=True)
@@ -19,8 +18,6 @@ class InferenceConfig:
     metrics_port: int = 9103
     workers: int = 1
     ray_num_cpus: int = 2
-    # Bytes of KV cache one worker keeps in memory; beyond it the least recently used sessions are offloaded.
-    kv_budget_bytes: int = DEFAULT_KV_BUDGET_BYTES
     device: str = "cpu"
     dtype: str = "float32"
     model_path: str = ""
@@ -28,34 +25,14 @@ class InferenceConfig:
     worker_prefix: str = ""
     # A job pending this long on a consumer that no longer refreshes it belongs to a dead worker and is reclaimed.
     claim_idle_ms: int = 15_000
-    # Continuous batching: conversations in one forward, replies queued behind them (one more is refused as
-    # `overloaded`), and tokens per forward (every decode, then prefill chunks: the bound on a step's duration).
-    max_running: int = 16
-    max_waiting: int = 64
-    max_batched_tokens: int = 128
-    # Tokens in a forward where no conversation decodes (nobody's inter-token latency to protect): bigger chunks.
-    max_prefill_tokens: int = 1024
+    # Continuous batching and the KV budget (services.inference.scheduler.Limits documents each bound).
+    limits: Limits = field(default_factory=Limits)
     # Ray's own RAY_ADDRESS joins an existing cluster (Kubernetes, compose); unset, a private local Ray is started.
     ray_address: str = "local"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise config.ConfigError(f"HALOWEAVE_INFERENCE_WORKERS={self.workers} must be at least 1")
-        if self.kv_budget_bytes < 0:
-            raise config.ConfigError(f"HALOWEAVE_KV_BUDGET_BYTES={self.kv_budget_bytes} must not be negative")
-        if self.max_running < 1:
-            raise config.ConfigError(f"HALOWEAVE_MAX_RUNNING={self.max_running} must be at least 1")
-        if self.max_waiting < 0:
-            raise config.ConfigError(f"HALOWEAVE_MAX_WAITING={self.max_waiting} must not be negative")
-        if self.max_batched_tokens < self.max_running:
-            raise config.ConfigError(
-                f"HALOWEAVE_MAX_BATCHED_TOKENS={self.max_batched_tokens} must be at least HALOWEAVE_MAX_RUNNING"
-                f"={self.max_running}: every running conversation decodes one token per step"
-            )
-        if self.max_prefill_tokens < self.max_batched_tokens:
-            raise config.ConfigError(
-                f"HALOWEAVE_MAX_PREFILL_TOKENS={self.max_prefill_tokens} must be at least HALOWEAVE_MAX_BATCHED_TOKENS"
-            )
         if self.claim_idle_ms < 1000:
             raise config.ConfigError(f"HALOWEAVE_CLAIM_IDLE_MS={self.claim_idle_ms} must be at least 1000")
 
@@ -78,15 +55,32 @@ class InferenceConfig:
             metrics_port=config.get_int("HALOWEAVE_INFERENCE_METRICS_PORT", 9103),
             workers=config.get_int("HALOWEAVE_INFERENCE_WORKERS", 1),
             ray_num_cpus=config.get_int("HALOWEAVE_RAY_NUM_CPUS", 2),
-            kv_budget_bytes=config.get_int("HALOWEAVE_KV_BUDGET_BYTES", DEFAULT_KV_BUDGET_BYTES),
+            limits=limits_from_env(),
             device=device,
             dtype=config.get("HALOWEAVE_DTYPE", "float32"),
             model_path=str(model_store.model_path()),
             worker_prefix=config.get("HALOWEAVE_WORKER_PREFIX", socket.gethostname()),
             claim_idle_ms=config.get_int("HALOWEAVE_CLAIM_IDLE_MS", 15_000),
-            max_running=config.get_int("HALOWEAVE_MAX_RUNNING", 16),
-            max_waiting=config.get_int("HALOWEAVE_MAX_WAITING", 64),
-            max_batched_tokens=config.get_int("HALOWEAVE_MAX_BATCHED_TOKENS", 128),
-            max_prefill_tokens=config.get_int("HALOWEAVE_MAX_PREFILL_TOKENS", 1024),
             ray_address=config.get("RAY_ADDRESS", "local"),
         )
+
+
+LIMIT_VARIABLES = {
+    "max_running": "HALOWEAVE_MAX_RUNNING",
+    "max_waiting": "HALOWEAVE_MAX_WAITING",
+    "max_batched_tokens": "HALOWEAVE_MAX_BATCHED_TOKENS",
+    "max_prefill_tokens": "HALOWEAVE_MAX_PREFILL_TOKENS",
+    "kv_budget_bytes": "HALOWEAVE_KV_BUDGET_BYTES",
+}
+
+
+def limits_from_env() -> Limits:
+    defaults = Limits()
+    values = {name: config.get_int(variable, getattr(defaults, name)) for name, variable in LIMIT_VARIABLES.items()}
+    try:
+        return Limits(**values)
+    except ValueError as error:
+        message = str(error)
+        for name, variable in LIMIT_VARIABLES.items():  # name the variables the operator sets, not the fields
+            message = message.replace(name, variable)
+        raise config.ConfigError(message) from None

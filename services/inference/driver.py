@@ -64,12 +64,8 @@ class Driver:
                 redis_url=self.config.redis_url,
                 tracker_addr=self.config.tracker_addr,
                 snapshot_addr=self.config.snapshot_addr,
-                kv_budget_bytes=self.config.kv_budget_bytes,
                 claim_idle_ms=self.config.claim_idle_ms,
-                max_running=self.config.max_running,
-                max_waiting=self.config.max_waiting,
-                max_batched_tokens=self.config.max_batched_tokens,
-                max_prefill_tokens=self.config.max_prefill_tokens,
+                limits=self.config.limits,
             )
             self.actors[worker_id] = remote.remote(settings, functools.partial(build_engine, engine_config))
 

@@ -19,22 +19,28 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from services.inference.conversation import Conversation
-from services.inference.engine import BatchEntry
+if TYPE_CHECKING:  # the settings (Limits) are read at start-up, before torch is imported
+    from services.inference.conversation import Conversation
+    from services.inference.engine import BatchEntry
 
 
 @dataclass(slots=True, frozen=True)
 class Limits:
     max_running: int = 16  # conversations in one forward
     max_waiting: int = 64  # opened replies queued behind them; one more is refused as overloaded
-    max_batched_tokens: int = 128  # tokens in one forward: every decode, then prefill chunks
+    max_batched_tokens: int = 96  # tokens in one forward: every decode, then prefill chunks
     max_prefill_tokens: int = 1024  # tokens in a forward where no conversation decodes
-    kv_budget_bytes: int = 2 * 1024**3  # KV bytes the running conversations may reach together
+    # KV bytes of one worker: what its running conversations may reach together, and what it holds between turns
+    # before offloading the least recently used sessions.
+    kv_budget_bytes: int = 2 * 1024**3
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError(f"max_running: must be at least 1, got {self.max_running}")
+        if self.kv_budget_bytes < 0:
+            raise ValueError(f"kv_budget_bytes: must not be negative, got {self.kv_budget_bytes}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting: must not be negative, got {self.max_waiting}")
         if self.max_batched_tokens < self.max_running:

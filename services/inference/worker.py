@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -50,12 +50,8 @@ class WorkerSettings:
     redis_url: str
     tracker_addr: str
     snapshot_addr: str
-    kv_budget_bytes: int
     claim_idle_ms: int = 15_000
-    max_running: int = 16
-    max_waiting: int = 64
-    max_batched_tokens: int = 128
-    max_prefill_tokens: int = 1024
+    limits: Limits = field(default_factory=Limits)  # batching bounds and the KV budget
 
 
 class Worker:
@@ -64,7 +60,7 @@ class Worker:
         self.worker_id = settings.worker_id
         self.engine = engine
         self.stats = WorkerStats(settings.worker_id)
-        self.sessions: SessionTable[SessionCache] = SessionTable(settings.kv_budget_bytes)
+        self.sessions: SessionTable[SessionCache] = SessionTable(settings.limits.kv_budget_bytes)
         self.redis = Redis.from_url(settings.redis_url)
         self.tracker = TrackerClient(settings.tracker_addr)
         self.snapshot_client = SnapshotClient(settings.snapshot_addr)
@@ -73,15 +69,10 @@ class Worker:
         self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms)
         self.affinity = Affinity(self.redis, self.worker_id, heartbeat_ttl_ms=settings.claim_idle_ms)
         self.last_reply: ReplyStats | None = None  # for status and tests: how the latest reply went
-        limits = Limits(
-            max_running=settings.max_running,
-            max_waiting=settings.max_waiting,
-            max_batched_tokens=settings.max_batched_tokens,
-            max_prefill_tokens=settings.max_prefill_tokens,
-            kv_budget_bytes=settings.kv_budget_bytes,
+        self.stats.kv_budget_bytes = settings.limits.kv_budget_bytes
+        self.batcher = Batcher(
+            engine, settings.limits, self.stats, on_load=self._load_changed, thread=self.engine_thread
         )
-        self.stats.kv_budget_bytes = settings.kv_budget_bytes
-        self.batcher = Batcher(engine, limits, self.stats, on_load=self._load_changed, thread=self.engine_thread)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._active: dict[str, Job] = {}  # session id -> the job that has it now
         self._session_free: dict[str, asyncio.Event] = {}

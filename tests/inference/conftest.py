@@ -23,6 +23,7 @@ from devstack.procs import Proc, free_port, python_module, wait_until
 from services.common import events, grpc_server, keys
 from services.inference.engine import Engine, EngineConfig
 from services.inference.jobs import done_key
+from services.inference.scheduler import Limits
 from services.inference.worker import Worker, WorkerSettings
 
 
@@ -186,10 +187,11 @@ def worker_settings(redis_url: str, tracker_addr: str, name: str, **overrides: A
         "tracker_addr": tracker_addr,
         # No snapshot service in these tests: a refused offload only drops a cache, which the tracker can rebuild.
         "snapshot_addr": overrides.pop("snapshot_addr", f"127.0.0.1:{free_port()}"),
-        "kv_budget_bytes": 1 << 30,
         # Long enough that a busy machine never mistakes a slow heartbeat for a dead worker.
         "claim_idle_ms": 10_000,
     }
+    bounds = {name: overrides.pop(name) for name in list(overrides) if name in Limits.__dataclass_fields__}
+    values["limits"] = Limits(**{"kv_budget_bytes": 1 << 30, **bounds})
     values.update(overrides)
     return WorkerSettings(**values)
 

@@ -87,7 +87,7 @@ def _rows(
     if mask is not None:
         scores = _apply_mask(scores.view(b, kv_heads, group, q_len, kv_len), mask[:, :, None]).view_as(scores)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    out = torch.matmul(probs.to(value.dtype), value)  # [b, KV, group*q, d]
+    out = torch.matmul(probs if probs.dtype == value.dtype else probs.to(value.dtype), value)  # [b, KV, group*q, d]
     return out.view(b, heads, q_len, d), probs.view(b, heads, q_len, kv_len)
 
 
