@@ -107,30 +107,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     # A plain kill must still stop the stacks this started (their `finally`), not leave them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    return engine_thread.shared().call(run, args)
-
-
-def run(args: argparse.Namespace) -> int:
-    """On the engine thread: every torch call of this process runs on it, as in a worker."""
+    # Every torch call of this process runs on the engine thread, as in a worker (engine_thread explains why).
+    on_engine = engine_thread.shared().call
     path = str(model_store.model_path())
-    engine = Engine(EngineConfig(threads=2))
+    engine = on_engine(Engine, EngineConfig(threads=2))
     tokenizer = engine.tokenizer
     header = header_tokens(tokenizer)
     top = max(args.conversations)
     texts = {n: [prompts.prompt(tokenizer, n, seed=1000 * n + i) for i in range(top)] for n in args.lengths}
     late = prompts.prompt(tokenizer, args.late_length, seed=7)
     settings = {"max_new_tokens": args.new_tokens, "temperature": 0.0}
-    generate = baselines.PaddedGenerate(path, tokenizer)
+    generate = on_engine(baselines.PaddedGenerate, path, tokenizer)
     prefill_runs: dict[str, list[float]] = {}
 
     def measure_prefill() -> None:
         """Each prompt's prefill alone on the engine, taken in every repeat between the bursts (stacks idle)."""
         for n in args.lengths:
             # The first token of N = 8 waits at least for all eight prefills: their sum, each measured alone.
-            alone = [baselines.prefill_alone(engine, baselines.chat_ids(tokenizer, t)) for t in texts[n][:8]]
+            alone = [on_engine(baselines.prefill_alone, engine, baselines.chat_ids(tokenizer, t)) for t in texts[n][:8]]
             prefill_runs.setdefault(f"sum8_{n}", []).append(sum(alone))
             prefill_runs.setdefault(f"one_{n}", []).append(statistics.median(alone))
-        prefill_runs.setdefault("late", []).append(baselines.prefill_alone(engine, baselines.chat_ids(tokenizer, late)))
+        late_ids = baselines.chat_ids(tokenizer, late)
+        prefill_runs.setdefault("late", []).append(on_engine(baselines.prefill_alone, engine, late_ids))
 
     cells: dict[tuple[str, int, int], list[list[Reply]]] = {}
     generated: dict[tuple[int, int], list[float]] = {}
@@ -151,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                             cells.setdefault((name, length, n), []).append(replies)
                             row = summarise([replies])
                             progress(rep, name, length, n, row["tokens_per_s"], started, row["ttft_p90_s"])
-                        tokens, seconds = generate.run(texts[length][:n], args.new_tokens)
+                        tokens, seconds = on_engine(generate.run, texts[length][:n], args.new_tokens)
                         generated.setdefault((length, n), []).append(tokens / seconds)
                         progress(rep, "padded_generate", length, n, tokens / seconds, started)
                         tokens, seconds = baselines.engine_alone(engine, texts[length][:n], args.new_tokens)
@@ -168,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
             for stack in stacks.values():
                 stack.stop()
     prefill = {name: statistics.median(values) for name, values in prefill_runs.items()}
-    capture = baselines.capture_cost(engine, conversations=8, context=args.lengths[0], steps=8, repeats=15)
-    bound = baselines.gemm_bound(engine, 8)
+    capture = on_engine(baselines.capture_cost, engine, 8, args.lengths[0], 8, 15)
+    bound = on_engine(baselines.gemm_bound, engine, 8)
     report = build_report(
         args, cells, {"padded_generate": generated, "engine_alone": alone}, late_runs, prefill, capture
     )

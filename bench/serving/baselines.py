@@ -9,7 +9,8 @@
 - `gemm_bound`: the model's weight GEMMs alone at M = 1 and M = N tokens: even if everything else were free,
   batching N decodes cannot beat N × t(1) / t(N).
 
-Everything here runs on the process's engine thread (services.inference.engine_thread explains why).
+Every torch call here runs on the process's engine thread (services.inference.engine_thread explains why): the
+caller hands these functions to it, and `engine_alone`'s batcher sends its forwards there itself.
 """
 
 from __future__ import annotations
@@ -90,20 +91,13 @@ def capture_cost(engine: Engine, conversations: int, context: int, steps: int, r
     return {"on_tokens_per_s": on[len(on) // 2], "off_tokens_per_s": off[len(off) // 2]}
 
 
-class _Inline:
-    """The batcher's engine thread when the caller already is that thread: runs the call in place."""
-
-    async def run(self, fn: Any, *args: Any) -> Any:
-        return fn(*args)
-
-
 def engine_alone(engine: Engine, texts: list[str], new_tokens: int) -> tuple[int, float]:
     """(generated tokens, seconds) for every text at once through the batcher, with a LocalPeer for each."""
 
     async def run() -> tuple[int, float]:
         settings = tracker_pb2.Settings(max_new_tokens=new_tokens, temperature=0.0)
         peers = [LocalPeer(chat_ids(engine.tokenizer, t), settings=settings) for t in texts]
-        batcher = Batcher(engine, Limits(), thread=_Inline())  # type: ignore[arg-type]
+        batcher = Batcher(engine, Limits())  # its forwards go to the engine thread, like a worker's
         stop = asyncio.Event()
         loop = asyncio.create_task(batcher.run(stop))
         replies = [Conversation(engine, engine.new_cache(), p, f"s{i}", "j") for i, p in enumerate(peers)]

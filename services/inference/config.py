@@ -68,8 +68,8 @@ class InferenceConfig:
 LIMIT_VARIABLES = {
     "max_running": "HALOWEAVE_MAX_RUNNING",
     "max_waiting": "HALOWEAVE_MAX_WAITING",
-    "max_batched_tokens": "HALOWEAVE_MAX_BATCHED_TOKENS",
-    "max_prefill_tokens": "HALOWEAVE_MAX_PREFILL_TOKENS",
+    "prefill_chunk_tokens": "HALOWEAVE_PREFILL_CHUNK_TOKENS",
+    "max_step_tokens": "HALOWEAVE_MAX_STEP_TOKENS",
     "kv_budget_bytes": "HALOWEAVE_KV_BUDGET_BYTES",
 }
 

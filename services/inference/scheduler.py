@@ -8,11 +8,12 @@ prompt; what is left goes to prefill chunks, oldest first, so a long prompt is f
 others keep decoding.
 
 The budget is a trade between the two kinds of waiting user: every token of prefill lengthens the step that each
-decoding conversation waits for, and every token held back delays a prompt's first token. `max_batched_tokens` is
-the step for one prompt among many decoders (it bounds their inter-token latency while a long prompt is fed); the
-budget grows with the number of conversations still waiting for their first token per decoding one, up to
-`max_prefill_tokens`, which is also the budget when nobody decodes at all (there is no latency to protect, and
-bigger chunks feed prompts faster). The model runner only ever sees the flat list this returns.
+decoding conversation waits for, and every token held back delays a prompt's first token. Each prompt being fed
+gets up to `prefill_chunk_tokens` a step (with one long prompt among many decoders, that bounds their inter-token
+latency), the step at most `max_step_tokens` in all, which is also the budget when nobody decodes (there is no
+latency to protect, and bigger chunks feed prompts faster). A burst of long prompts is thus fed about as fast as
+alone, at the cost of longer steps for the few that already decode. The model runner only ever sees the flat list
+this returns.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ if TYPE_CHECKING:  # the settings (Limits) are read at start-up, before torch is
 class Limits:
     max_running: int = 16  # conversations in one forward
     max_waiting: int = 64  # opened replies queued behind them; one more is refused as overloaded
-    max_batched_tokens: int = 96  # tokens in one forward: every decode, then prefill chunks
-    max_prefill_tokens: int = 1024  # tokens in a forward where no conversation decodes
+    prefill_chunk_tokens: int = 96  # tokens a step for each prompt being fed while others decode
+    max_step_tokens: int = 1024  # tokens in one forward at most, decodes included; the chunk when nobody decodes
     # KV bytes of one worker: what its running conversations may reach together, and what it holds between turns
     # before offloading the least recently used sessions.
     kv_budget_bytes: int = 2 * 1024**3
@@ -43,15 +44,17 @@ class Limits:
             raise ValueError(f"kv_budget_bytes: must not be negative, got {self.kv_budget_bytes}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting: must not be negative, got {self.max_waiting}")
-        if self.max_batched_tokens < self.max_running:
+        if self.prefill_chunk_tokens < 1:
+            raise ValueError(f"prefill_chunk_tokens: must be at least 1, got {self.prefill_chunk_tokens}")
+        if self.max_step_tokens < self.max_running:
             raise ValueError(
-                f"max_batched_tokens ({self.max_batched_tokens}) must be at least max_running ({self.max_running}):"
+                f"max_step_tokens ({self.max_step_tokens}) must be at least max_running ({self.max_running}):"
                 " every running conversation decodes one token per step"
             )
-        if self.max_prefill_tokens < self.max_batched_tokens:
+        if self.max_step_tokens < self.prefill_chunk_tokens:
             raise ValueError(
-                f"max_prefill_tokens ({self.max_prefill_tokens}) must be at least max_batched_tokens"
-                f" ({self.max_batched_tokens})"
+                f"max_step_tokens ({self.max_step_tokens}) must be at least prefill_chunk_tokens"
+                f" ({self.prefill_chunk_tokens})"
             )
 
 
@@ -93,10 +96,9 @@ class Scheduler:
     def _budget(self, decoding: int) -> int:
         limits = self.limits
         if decoding == 0:
-            return limits.max_prefill_tokens
+            return limits.max_step_tokens
         prefilling = sum(1 for c in self.running if c.pending > 1)
-        share = -(-prefilling // decoding)  # ceil: prompts waiting per decoding conversation
-        return min(limits.max_prefill_tokens, limits.max_batched_tokens * max(1, share))
+        return min(limits.max_step_tokens, decoding + limits.prefill_chunk_tokens * max(1, prefilling))
 
     def _admit(self) -> None:
         reserved = self.kv_bytes_reserved()

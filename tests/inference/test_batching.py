@@ -64,7 +64,7 @@ def rows(peer: LocalPeer) -> list[np.ndarray]:
 def test_a_conversation_in_a_batch_gets_what_it_gets_alone(worker_engine: Engine) -> None:
     alone_peers, batch_peers = peers(worker_engine), peers(worker_engine)
     alone = [asyncio.run(converse(worker_engine, [peer]))[0] for peer in alone_peers]
-    together = asyncio.run(converse(worker_engine, batch_peers, max_batched_tokens=64, max_prefill_tokens=64))
+    together = asyncio.run(converse(worker_engine, batch_peers, prefill_chunk_tokens=64, max_step_tokens=64))
     for i, (a, b) in enumerate(zip(alone, together, strict=True)):
         assert b.text_ids == a.text_ids, f"conversation {i}"
         assert b.cache.positions == a.cache.positions
@@ -81,7 +81,7 @@ def test_a_conversation_in_a_batch_gets_what_it_gets_alone(worker_engine: Engine
 
 
 async def test_a_long_prompt_is_fed_in_chunks_while_the_others_decode(worker_engine: Engine) -> None:
-    batcher = Batcher(worker_engine, Limits(max_batched_tokens=32, max_prefill_tokens=32))
+    batcher = Batcher(worker_engine, Limits(prefill_chunk_tokens=32, max_step_tokens=32))
     short = Conversation(worker_engine, worker_engine.new_cache(), LocalPeer(chat_ids(worker_engine, "Hi.")), "a", "1")
     long_ids = chat_ids(worker_engine, FACTS * 8)
     long = Conversation(worker_engine, worker_engine.new_cache(), LocalPeer(long_ids), "b", "2")
@@ -141,7 +141,7 @@ async def test_settings_that_are_invalid_mid_reply_fail_only_their_conversation(
 
 async def test_a_full_worker_refuses_with_overloaded(worker_engine: Engine) -> None:
     async def run() -> None:
-        batcher = Batcher(worker_engine, Limits(max_running=1, max_waiting=1, max_batched_tokens=8))
+        batcher = Batcher(worker_engine, Limits(max_running=1, max_waiting=1, prefill_chunk_tokens=8))
         ids = chat_ids(worker_engine, "Hi.")
         replies = [
             Conversation(worker_engine, worker_engine.new_cache(), LocalPeer(ids), f"s{i}", "j") for i in range(3)

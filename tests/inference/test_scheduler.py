@@ -39,16 +39,16 @@ def layout(scheduler: Scheduler) -> list[tuple[str, int]]:
 
 
 def test_decodes_come_first_and_prefill_takes_what_is_left_oldest_first() -> None:
-    s = Scheduler(Limits(max_running=4, max_batched_tokens=16, max_prefill_tokens=64))
+    s = Scheduler(Limits(max_running=4, prefill_chunk_tokens=16, max_step_tokens=64))
     a, b, c = FakeConversation("a", 1), FakeConversation("b", 40), FakeConversation("c", 1)
     for conv in (a, b, c):
         s.add(conv)  # type: ignore[arg-type]
-    assert layout(s) == [("a", 1), ("c", 1), ("b", 14)]
-    assert b.pending == 26
+    assert layout(s) == [("a", 1), ("c", 1), ("b", 16)]
+    assert b.pending == 24
 
 
 def test_with_nobody_decoding_prompts_go_in_bigger_chunks() -> None:
-    s = Scheduler(Limits(max_running=4, max_batched_tokens=16, max_prefill_tokens=64))
+    s = Scheduler(Limits(max_running=4, prefill_chunk_tokens=16, max_step_tokens=64))
     long, short = FakeConversation("long", 100), FakeConversation("short", 30)
     s.add(long)  # type: ignore[arg-type]
     s.add(short)  # type: ignore[arg-type]
@@ -56,23 +56,27 @@ def test_with_nobody_decoding_prompts_go_in_bigger_chunks() -> None:
     assert layout(s) == [("long", 36), ("short", 28)]
 
 
-def test_the_budget_grows_with_the_prompts_waiting_per_decoding_conversation() -> None:
-    s = Scheduler(Limits(max_running=8, max_batched_tokens=16, max_prefill_tokens=40))
+def test_each_prompt_being_fed_gets_a_chunk_and_the_step_is_capped() -> None:
+    s = Scheduler(Limits(max_running=8, prefill_chunk_tokens=16, max_step_tokens=40))
     decoder = FakeConversation("d", 1)
     prompts = [FakeConversation(f"p{i}", 100) for i in range(3)]
     for conv in (decoder, *prompts):
         s.add(conv)  # type: ignore[arg-type]
-    # One decodes, three wait for their first token: three budgets' worth, capped at max_prefill_tokens.
+    # One decodes, three wait for their first token: three chunks' worth, the step capped at max_step_tokens.
     assert layout(s) == [("d", 1), ("p0", 39)]
     decoder.pending_tokens = 1
     second = FakeConversation("d2", 1)
     s.add(second)  # type: ignore[arg-type]
-    # Two decode, three wait: ceil(3 / 2) = 2 budgets.
-    assert layout(s) == [("d", 1), ("d2", 1), ("p0", 30)]
+    assert layout(s) == [("d", 1), ("d2", 1), ("p0", 38)]
+    s.remove(prompts[1])  # type: ignore[arg-type]
+    s.remove(prompts[2])  # type: ignore[arg-type]
+    decoder.pending_tokens = second.pending_tokens = 1
+    # One prompt among decoders: one chunk (this bounds the decoders' inter-token latency).
+    assert layout(s) == [("d", 1), ("d2", 1), ("p0", 16)]
 
 
 def test_admission_keeps_arrival_order_and_the_bounds() -> None:
-    s = Scheduler(Limits(max_running=2, max_batched_tokens=8, max_prefill_tokens=8, kv_budget_bytes=100))
+    s = Scheduler(Limits(max_running=2, prefill_chunk_tokens=8, max_step_tokens=8, kv_budget_bytes=100))
     convs = [FakeConversation(f"c{i}", 1, kv=40) for i in range(4)]
     for conv in convs:
         s.add(conv)  # type: ignore[arg-type]
@@ -88,14 +92,14 @@ def test_admission_keeps_arrival_order_and_the_bounds() -> None:
 
 
 def test_one_conversation_larger_than_the_budget_is_still_admitted_alone() -> None:
-    s = Scheduler(Limits(max_running=2, max_batched_tokens=8, kv_budget_bytes=10))
+    s = Scheduler(Limits(max_running=2, prefill_chunk_tokens=8, kv_budget_bytes=10))
     big = FakeConversation("big", 1, kv=1000)
     s.add(big)  # type: ignore[arg-type]
     assert layout(s) == [("big", 1)]
 
 
 def test_limits_refuse_a_budget_smaller_than_the_decodes() -> None:
-    with pytest.raises(ValueError, match="max_batched_tokens"):
-        Limits(max_running=16, max_batched_tokens=8)
-    with pytest.raises(ValueError, match="max_prefill_tokens"):
-        Limits(max_batched_tokens=256, max_prefill_tokens=128)
+    with pytest.raises(ValueError, match="max_step_tokens"):
+        Limits(max_running=16, max_step_tokens=8)
+    with pytest.raises(ValueError, match="max_step_tokens"):
+        Limits(prefill_chunk_tokens=256, max_step_tokens=128)

@@ -40,7 +40,7 @@ async def test_a_second_reply_for_a_generating_session_is_refused_as_busy(chat: 
 
 
 async def test_a_full_worker_answers_overloaded_and_serves_on(chat: Chat, start_worker) -> None:
-    await start_worker(max_running=1, max_waiting=0, max_batched_tokens=8)
+    await start_worker(max_running=1, max_waiting=0, prefill_chunk_tokens=8)
     busy = await chat.session(max_new_tokens=200)
     first = await chat.start_reply(busy, "Write a long poem about the sea.")
     other = await chat.session(max_new_tokens=3)
