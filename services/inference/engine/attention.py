@@ -54,12 +54,6 @@ def _layer(module: torch.nn.Module) -> int:
     return index
 
 
-def _apply_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    if mask.dtype == torch.bool:
-        return scores.masked_fill(~mask, float("-inf"))
-    return scores + mask
-
-
 def _rows(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -77,36 +71,30 @@ def _rows(
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
     grouped = query.reshape(b, kv_heads, group * q_len, d)
-    # The same arithmetic as transformers' eager attention (scores in the model's dtype, softmax in float32), in as
-    # few kernels as possible: where decode is bound by kernel launches, each one per layer shows.
+    # The arithmetic of transformers' eager attention (scores in the model's dtype, softmax in float32; the caller
+    # may have scaled the query already), in as few kernels as possible: where decode is bound by kernel launches,
+    # each one per layer shows.
     scores = torch.matmul(grouped, key.transpose(-1, -2))  # [b, KV, group*q, T]
     if scaling != 1.0:
         scores = scores * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
-        scores = _apply_mask(scores.view(b, kv_heads, group, q_len, kv_len), mask[:, :, None]).view_as(scores)
+        masked = scores.view(b, kv_heads, group, q_len, kv_len).masked_fill(~mask[:, :, None], float("-inf"))
+        scores = masked.view_as(scores)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     out = torch.matmul(probs if probs.dtype == value.dtype else probs.to(value.dtype), value)  # [b, KV, group*q, d]
     return out.view(b, heads, q_len, d), probs.view(b, heads, q_len, kv_len)
 
 
 def _fused(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    scaling: float,
-    window: int | None,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, window: int | None
 ) -> torch.Tensor:
-    """torch SDPA with grouped KV heads; bottom-right causal. Returns [b, H, q, d]."""
+    """torch SDPA with grouped KV heads; bottom-right causal by slot. Returns [b, H, q, d]."""
     q_len, kv_len = query.shape[2], key.shape[2]
-    is_causal = False
-    if mask is None:
-        if q_len == kv_len and window is None:
-            is_causal = True  # SDPA's causal flag is top-left aligned: right only when q covers all of kv
-        elif q_len > 1 or window is not None:
-            mask = _allowed(q_len, kv_len, window, query.device)[None, None]
+    is_causal = q_len == kv_len and window is None  # SDPA's causal flag is top-left aligned: right only then
+    unmasked = is_causal or (q_len == 1 and window is None)  # a single last query sees every slot
+    mask = None if unmasked else _allowed(q_len, kv_len, window, query.device)[None, None]
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
     )
@@ -134,10 +122,10 @@ def _attend(
             sink.add(layer, row if q_len == 1 else row.clone())
         return out
     if sink is None:
-        return _fused(query, key, value, None, scale, window)
+        return _fused(query, key, value, scale, window)
     # Prefill with capture: the first q-1 queries never see the last slot, so they run fused over kv[:-1];
     # the last query runs explicitly over everything and is the only row ever materialised.
-    head = _fused(query[:, :, :-1], key[:, :, :-1], value[:, :, :-1], None, scale, window)
+    head = _fused(query[:, :, :-1], key[:, :, :-1], value[:, :, :-1], scale, window)
     last_mask = _allowed(1, kv_len, window, query.device)[None, None] if window is not None else None
     tail, probs = _rows(query[:, :, -1:], key, value, last_mask, scale, None)
     sink.add(layer, probs[0, :, -1])

@@ -47,9 +47,6 @@ class Batch:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
-    def lengths(self) -> list[int]:
-        return [len(entry.cache) for entry in self.entries]
-
 
 class BatchCache(Cache):
     """What the model calls `cache`: each layer's update goes to every conversation's own layer."""
