@@ -87,11 +87,7 @@ def summarise(runs: list[list[Reply]]) -> dict[str, float]:
 
 
 def header_tokens(tokenizer: Any) -> int:
-    with_header = baselines.chat_ids(tokenizer, "x")
-    plain = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}], add_generation_prompt=False, tokenize=True
-    )
-    return len(with_header) - len(plain if isinstance(plain, list) else plain["input_ids"])
+    return len(prompts.chat_ids(tokenizer, "x")) - len(prompts.chat_ids(tokenizer, "x", generation=False))
 
 
 def start_stacks(root: Path) -> dict[str, Stack]:
@@ -124,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         """Each prompt's prefill alone on the engine, taken in every repeat between the bursts (stacks idle)."""
         for n in args.lengths:
             # The first token of N = 8 waits at least for all eight prefills: their sum, each measured alone.
-            alone = [on_engine(baselines.prefill_alone, engine, baselines.chat_ids(tokenizer, t)) for t in texts[n][:8]]
+            alone = [on_engine(baselines.prefill_alone, engine, prompts.chat_ids(tokenizer, t)) for t in texts[n][:8]]
             prefill_runs.setdefault(f"sum8_{n}", []).append(sum(alone))
             prefill_runs.setdefault(f"one_{n}", []).append(statistics.median(alone))
-        late_ids = baselines.chat_ids(tokenizer, late)
+        late_ids = prompts.chat_ids(tokenizer, late)
         prefill_runs.setdefault("late", []).append(on_engine(baselines.prefill_alone, engine, late_ids))
 
     cells: dict[tuple[str, int, int], list[list[Reply]]] = {}

@@ -29,10 +29,7 @@ from services.inference.engine import BatchEntry, Engine
 from services.inference.reply import LocalPeer
 from services.inference.scheduler import Limits
 
-
-def chat_ids(tokenizer: Any, text: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    return [int(t) for t in (ids if isinstance(ids, list) else ids["input_ids"])]
+from .prompts import chat_ids
 
 
 class PaddedGenerate:

@@ -31,9 +31,11 @@ def sentence(rng: random.Random) -> str:
     return f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(PLACES)}."
 
 
-def templated_length(tokenizer: Any, text: str) -> int:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    return len(ids if isinstance(ids, list) else ids["input_ids"])
+def chat_ids(tokenizer: Any, text: str, generation: bool = True) -> list[int]:
+    """The templated prompt of one user message (with the assistant header unless `generation` is False)."""
+    messages = [{"role": "user", "content": text}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=True)
+    return [int(t) for t in (ids if isinstance(ids, list) else ids["input_ids"])]
 
 
 def prompt(tokenizer: Any, tokens: int, seed: int) -> str:
@@ -42,6 +44,6 @@ def prompt(tokenizer: Any, tokens: int, seed: int) -> str:
     parts: list[str] = []
     while True:
         text = " ".join([*parts, REQUEST])
-        if templated_length(tokenizer, text) >= tokens:
+        if len(chat_ids(tokenizer, text)) >= tokens:
             return text
         parts.append(sentence(rng))

@@ -51,7 +51,6 @@ class Batcher:
         self._wake = asyncio.Event()
         self._reporting: set[asyncio.Task[None]] = set()
         self._opening = 0  # replies being opened with the tracker: they count against the bound already
-        self.steps = 0
 
     @property
     def load(self) -> int:
@@ -62,7 +61,7 @@ class Batcher:
         """Opens the reply, queues it and returns its stats once it has ended; raises the HaloWeaveError it failed
         with (`conversation.reported` says whether the tracker already told the client)."""
         limits = self.scheduler.limits
-        if len(self.scheduler) + self._opening >= limits.max_running + limits.max_waiting:
+        if self.load >= limits.max_running + limits.max_waiting:
             raise Overloaded(
                 f"the worker is full ({limits.max_running} replies running, {limits.max_waiting} waiting); "
                 "try again shortly"
@@ -107,7 +106,6 @@ class Batcher:
         outputs = await self._run(runnable)
         if outputs is not None:
             await self._postprocess(runnable, outputs)
-        self.steps += 1
         self._observe(len(runnable), prefill, time.perf_counter() - started)
 
     # ---- run --------------------------------------------------------------------------------------------------

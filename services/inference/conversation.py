@@ -87,7 +87,6 @@ class Conversation:
         self.session_id = session_id
         self.job_id = job_id
         self.stats = ReplyStats()
-        self.turn_id = 0
         self.params = SamplingParams()
         self.sampler = Sampler(self.params)
         self.mode = "mean"
@@ -109,7 +108,6 @@ class Conversation:
 
     async def open(self, thread: EngineThread) -> None:
         opened = await self.peer.open()
-        self.turn_id = opened.turn_id
         self._settings(opened.settings, first=True)
         context = opened.context
         if not context.positions:

@@ -19,11 +19,16 @@ PROMPT = [
 ]
 
 
-def prompt_ids(engine: Engine) -> list[int]:
-    ids = engine.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
+def template_ids(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
+    """The chat-templated prompt of `messages`, with the assistant header."""
+    ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return [int(t) for t in ids]
+
+
+def prompt_ids(engine: Engine) -> list[int]:
+    return template_ids(engine, PROMPT)
 
 
 def greedy(engine: Engine, cache: SessionCache, logits: torch.Tensor, steps: int) -> tuple[list[int], torch.Tensor]:

@@ -17,7 +17,7 @@ from services.inference.engine import Engine
 from services.inference.reply import LocalPeer
 from services.inference.scheduler import Limits
 
-from .engine_support import converse
+from .engine_support import converse, template_ids
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +25,7 @@ FACTS = "The lighthouse keeper counts ships. The tide comes in twice a day. "
 
 
 def chat_ids(engine: Engine, text: str) -> list[int]:
-    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}]
-    ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return [int(t) for t in (ids if isinstance(ids, list) else ids["input_ids"])]
+    return template_ids(engine, [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}])
 
 
 def peers(engine: Engine) -> list[LocalPeer]:

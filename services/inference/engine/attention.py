@@ -59,24 +59,21 @@ def _rows(
     key: torch.Tensor,
     value: torch.Tensor,
     mask: torch.Tensor | None,
-    scaling: float,
     softcap: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit attention for a few queries with grouped KV heads, never expanding K or V.
 
-    query [b, H, q, d], key/value [b, KV, T, d], mask broadcastable to [b, 1, q, T] (True = attend) or None.
+    query [b, H, q, d] already scaled, key/value [b, KV, T, d], mask broadcastable to [b, 1, q, T] (True = attend)
+    or None.
     Returns the output [b, H, q, d] and the float32 probabilities [b, H, q, T] it was computed from.
     """
     b, heads, q_len, d = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
     grouped = query.reshape(b, kv_heads, group * q_len, d)
-    # The arithmetic of transformers' eager attention (scores in the model's dtype, softmax in float32; the caller
-    # may have scaled the query already), in as few kernels as possible: where decode is bound by kernel launches,
-    # each one per layer shows.
+    # The arithmetic of transformers' eager attention (scores in the model's dtype, softmax in float32; the scale is
+    # in the query), in as few kernels as possible: where decode is bound by kernel launches, each one per layer shows.
     scores = torch.matmul(grouped, key.transpose(-1, -2))  # [b, KV, group*q, T]
-    if scaling != 1.0:
-        scores = scores * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
@@ -87,16 +84,14 @@ def _rows(
     return out.view(b, heads, q_len, d), probs.view(b, heads, q_len, kv_len)
 
 
-def _fused(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, window: int | None
-) -> torch.Tensor:
-    """torch SDPA with grouped KV heads; bottom-right causal by slot. Returns [b, H, q, d]."""
+def _fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int | None) -> torch.Tensor:
+    """torch SDPA with grouped KV heads over an already scaled query; bottom-right causal by slot. [b, H, q, d]."""
     q_len, kv_len = query.shape[2], key.shape[2]
     is_causal = q_len == kv_len and window is None  # SDPA's causal flag is top-left aligned: right only then
     unmasked = is_causal or (q_len == 1 and window is None)  # a single last query sees every slot
     mask = None if unmasked else _allowed(q_len, kv_len, window, query.device)[None, None]
     return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, is_causal=is_causal, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+        query, key, value, attn_mask=mask, is_causal=is_causal, scale=1.0, enable_gqa=key.shape[1] != query.shape[1]
     )
 
 
@@ -105,29 +100,28 @@ def _attend(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    scale: float,
     window: int | None,
     softcap: float | None,
     sink: CaptureSink | None,
 ) -> torch.Tensor:
-    """One conversation's queries [1, H, q, d] over its own keys/values [1, KV, T, d]; returns [1, H, q, d]."""
+    """One conversation's scaled queries [1, H, q, d] over its own keys/values [1, KV, T, d]; returns [1, H, q, d]."""
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len == 1 or softcap is not None:
         # Decode, or a soft-capped model (which fused SDPA cannot express): explicit rows.
         mask = _allowed(q_len, kv_len, window, query.device)[None, None] if q_len > 1 or window is not None else None
-        out, probs = _rows(query, key, value, mask, scale, softcap)
+        out, probs = _rows(query, key, value, mask, softcap)
         if sink is not None:
             row = probs[0, :, -1]
             # A view of a many-query map would keep the whole map alive in the sink: copy just the row.
             sink.add(layer, row if q_len == 1 else row.clone())
         return out
     if sink is None:
-        return _fused(query, key, value, scale, window)
+        return _fused(query, key, value, window)
     # Prefill with capture: the first q-1 queries never see the last slot, so they run fused over kv[:-1];
     # the last query runs explicitly over everything and is the only row ever materialised.
-    head = _fused(query[:, :, :-1], key[:, :, :-1], value[:, :, :-1], scale, window)
+    head = _fused(query[:, :, :-1], key[:, :, :-1], value[:, :, :-1], window)
     last_mask = _allowed(1, kv_len, window, query.device)[None, None] if window is not None else None
-    tail, probs = _rows(query[:, :, -1:], key, value, last_mask, scale, None)
+    tail, probs = _rows(query[:, :, -1:], key, value, last_mask, None)
     sink.add(layer, probs[0, :, -1])
     return torch.cat([head, tail], dim=2)
 
@@ -154,10 +148,10 @@ def attention_forward(
         raise RuntimeError("the haloweave attention runs only inside Engine.forward (it needs the batch plan)")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = _layer(module)
-    # Scaled once for the whole batch rather than once per conversation (the explicit rows then skip it).
+    # Scaled once for the whole batch rather than once per conversation.
     query = query * scale
     outs = [
-        _attend(layer, query.narrow(2, start, end - start), k, v, 1.0, sliding_window, softcap, sink)
+        _attend(layer, query.narrow(2, start, end - start), k, v, sliding_window, softcap, sink)
         for (start, end), k, v, sink in zip(batch.spans, batch.keys, batch.values, batch.sinks, strict=True)
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

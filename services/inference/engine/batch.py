@@ -42,7 +42,6 @@ class Batch:
         for entry in entries:
             self.spans.append((start, start + len(entry.token_ids)))
             start += len(entry.token_ids)
-        self.total = start
         # Filled layer by layer by BatchCache.update, read by the attention function of the same layer.
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []

@@ -103,7 +103,7 @@ class Engine:
         fresh = self.new_cache()
         if token_ids:
             self.prefill(fresh, token_ids, positions, capture=None)
-        cache.layers, cache.kv = fresh.layers, fresh.kv
+        cache.layers = fresh.layers
         cache.positions, cache.token_ids = fresh.positions, fresh.token_ids
 
     def export_cache(self, cache: SessionCache) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""One session's KV cache: a transformers `Cache` of growable layers, plus the RoPE position and token of each slot.
+"""One session's KV cache: growable layers (one per model layer), plus the RoPE position and token of each slot.
 
 transformers' `DynamicLayer` concatenates on every step, copying the whole cache each token. `SlotLayer` appends into
 preallocated headroom instead, and evicts by compacting survivors in place, so neither decode nor pruning reallocates.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import DynamicLayer
 
 _GROWTH = 1.25  # headroom factor when a layer must grow: bounded waste, amortised O(1) appends
 _MIN_CHUNK = 64  # slots
@@ -99,7 +99,6 @@ class SessionCache:
 
     def __init__(self, num_layers: int) -> None:
         self.layers = [SlotLayer() for _ in range(num_layers)]
-        self.kv = Cache(layers=list(self.layers))
         self.positions: list[int] = []
         self.token_ids: list[int] = []
 
