@@ -76,6 +76,7 @@ class Worker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._active: dict[str, Job] = {}  # session id -> the job that has it now
         self._session_free: dict[str, asyncio.Event] = {}
+        self._replies: dict[str, Conversation] = {}  # job id -> its reply, while the job is at hand
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -206,9 +207,11 @@ class Worker:
                 log.exception("%s: could not refresh job %s", self.worker_id, job.job_id)
 
     async def _one_at_a_time(self, job: Job) -> tuple[str, Events]:
-        """Runs the job once the session has no other job here; a second reply while one runs is refused."""
+        """Runs the job once the session has no other job here; a second reply while one is generating is refused.
+        A reply that has ended (the client may already have its `done` and sent the next message) is not generating,
+        though its job may still be tidying up: the next one waits for it."""
         while (active := self._active.get(job.session_id)) is not None:
-            if job.type == "generate" and active.type == "generate":
+            if job.type == "generate" and active.type == "generate" and self._generating(active):
                 message = f"session {job.session_id} is already generating a reply (job {active.job_id})"
                 log.info("%s: job %s refused: %s", self.worker_id, job.job_id, message)
                 return "error", [_error(job, Busy.code, message)]
@@ -219,7 +222,13 @@ class Worker:
             return await self._run(job)
         finally:
             del self._active[job.session_id]
+            self._replies.pop(job.job_id, None)
             self._session_free.pop(job.session_id).set()
+
+    def _generating(self, job: Job) -> bool:
+        """Whether this generate job's reply is still open (or about to be): no Finish or Fail sent yet."""
+        reply = self._replies.get(job.job_id)
+        return reply is None or not (reply.stats.reason or reply.failing)
 
     async def _run(self, job: Job) -> tuple[str, Events]:
         """(outcome, events the worker itself appends on completion)."""
@@ -242,6 +251,7 @@ class Worker:
         cache = await self._cache_for(job.session_id)
         peer = TrackerPeer(self.tracker, job.session_id, job.job_id)
         reply = Conversation(self.engine, cache, peer, job.session_id, job.job_id)
+        self._replies[job.job_id] = reply
         self.last_reply = reply.stats
         try:
             stats = await self.batcher.generate(reply)

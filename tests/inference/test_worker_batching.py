@@ -7,6 +7,8 @@ import asyncio
 
 from haloweave.tracker.v1 import tracker_pb2
 
+from services.inference.jobs import done_key
+
 from .conftest import Chat
 
 
@@ -53,3 +55,30 @@ async def test_a_full_worker_answers_overloaded_and_serves_on(chat: Chat, start_
     assert await chat.job_done(first) == "cancelled"
     # Nothing of the refused reply was started: the same session is served once there is room.
     assert (await chat.turn(other, "Hello again?"))[-1]["type"] == "done"
+
+
+async def test_the_next_message_right_after_done_is_served_while_the_last_job_tidies_up(
+    chat: Chat, start_worker
+) -> None:
+    """The client has `done` as soon as the tracker closes the reply; the worker may still be on that job (closing the
+    stream, putting the cache back). The next reply must wait for it, not be refused as busy."""
+    handle = await start_worker()
+    generate = handle.worker.batcher.generate
+
+    async def slow_after_close(conversation):  # type: ignore[no-untyped-def]
+        stats = await generate(conversation)
+        await asyncio.sleep(1.0)  # the tracker has closed the reply; the worker is still on the job
+        return stats
+
+    handle.worker.batcher.generate = slow_after_close  # type: ignore[method-assign]
+    session = await chat.session(max_new_tokens=4)
+    await chat.say(session, "Name a colour.")
+    first = await chat.enqueue(session)
+    await chat.wait_for(session, lambda fs: any(f["type"] == "done" for f in fs))
+    assert await chat.redis.get(done_key(first)) is None, "the first job is still at hand"
+    await chat.say(session, "And another one?")
+    second = await chat.enqueue(session)
+    assert await chat.job_done(second) in ("eos", "length")
+    frames = await chat.events(session)
+    assert not [f for f in frames if f["type"] == "error"], frames
+    assert len([f for f in frames if f["type"] == "done"]) == 2
