@@ -24,6 +24,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "initial_score": (int, float),
     "max_context_tokens": (int,),
     "prune_mode": (str,),
+    "prune_policy": (str,),
     "max_new_tokens": (int,),
     "temperature": (int, float),
     "top_p": (int, float),

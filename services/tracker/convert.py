@@ -24,6 +24,7 @@ _SCALARS = (
     "initial_score",
     "max_context_tokens",
     "prune_mode",
+    "prune_policy",
     "max_new_tokens",
     "temperature",
     "top_p",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from services.tracker import columns, native, pruning, scoring, segmentation
+from services.tracker import columns, native, policies, pruning, scoring, segmentation
 from services.tracker.state import ROLE_CODES, Draft
 
 # A brightness event carries at most this many positions. When more scores changed, half the slots go to the largest
@@ -112,7 +112,7 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> NDArray[np.intp]
     """Updates every active token's score from one frame's aggregated attention (length checked by the caller);
     returns the entries whose score moved by more than BRIGHTNESS_EPSILON, for `brightness`."""
     state = draft.state
-    s = state.settings
+    rule = policies.score_rule(state.settings)
     active = state.active_index()
     scores = columns.copy(state.arrays["score"])  # with room for the token this step appends
     live = columns.empty(len(active), np.float64)  # the new scores in active order, as the store keeps them
@@ -121,12 +121,12 @@ def score_step(draft: Draft, attention: NDArray[np.float32]) -> NDArray[np.intp]
         state.arrays["pos"],
         None if len(active) == len(scores) else active,  # nothing pruned yet: no gather and scatter
         attention,
-        boost=s.boost,
-        distance_mode=s.distance_mode,
-        min_distance=s.min_distance,
-        distance_scale=s.distance_scale,
-        decay_mode=s.decay_mode,
-        decay_rate=s.decay_rate,
+        boost=rule.boost,
+        distance_mode=rule.distance_mode,
+        min_distance=rule.min_distance,
+        distance_scale=rule.distance_scale,
+        decay_mode=rule.decay_mode,
+        decay_rate=rule.decay_rate,
         epsilon=BRIGHTNESS_EPSILON,
         live=live,
     )
@@ -160,14 +160,15 @@ def prune(draft: Draft) -> Pruned:
         return Pruned([], 0)
     arrays, meta = state.arrays, state.meta
     if native.available():
-        _, maxima, firsts, sizes = native.sentence_runs(
+        keys, maxima, firsts, sizes = native.sentence_runs(
             active, arrays["gsent"], arrays["score"], arrays["role"], arrays["turn"], meta.last_user_turn, meta.gen_turn
         )
     else:
-        _, maxima, firsts, sizes = pruning.runs(
+        keys, maxima, firsts, sizes = pruning.runs(
             arrays["gsent"][active], arrays["score"][active], ~protected_mask(draft, active)
         )
-    chosen = pruning.pick(len(active), budget, maxima, sizes)
+    order = policies.priorities(state.settings, state.session_id, keys, maxima)
+    chosen = pruning.pick(len(active), budget, order, sizes)
     if not chosen:
         return Pruned([], 0)
     deleted = columns.copy(arrays["deleted"])

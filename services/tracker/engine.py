@@ -132,6 +132,7 @@ class Engine:
         state = SessionState(uuid.uuid4().hex, Meta(model=self.model, fingerprint=self.fingerprint), settings)
         draft = state.draft()
         self._append_message(draft, "system", prompt)
+        _check_budget(draft, settings.max_context_tokens)
         draft.emit("settings", {"settings": settings.to_dict()})
         if await self.store.commit(draft) is None:
             raise Unavailable("session id collision; try again")
@@ -178,6 +179,8 @@ class Engine:
     async def update_settings(self, session_id: str, changes: dict[str, Any]) -> Settings:
         def change(draft: Draft) -> Settings:
             updated = draft.state.settings.updated(changes)
+            if updated.max_context_tokens != draft.state.settings.max_context_tokens:
+                _check_budget(draft, updated.max_context_tokens)
             if updated != draft.state.settings:
                 draft.set_settings(updated)
                 draft.emit("settings", {"settings": updated.to_dict()})
@@ -374,6 +377,19 @@ def _check_text(text: str, name: str, allow_empty: bool = False) -> None:
         raise InvalidArgument(f"{name} is empty")
     if len(text) > MAX_MESSAGE_CHARS:
         raise InvalidArgument(f"{name} is longer than {MAX_MESSAGE_CHARS} characters")
+
+
+def _check_budget(draft: Draft, budget: int) -> None:
+    """A budget below what can never be pruned could never be met: refused, rather than silently exceeded. (A later
+    long user message may still outgrow a budget; pruning then stops at the protected part.)"""
+    if budget <= 0:
+        return
+    protected = int(dictionary.protected_mask(draft, draft.state.active_index()).sum())
+    if budget < protected:
+        raise InvalidArgument(
+            f"settings.max_context_tokens: {budget} is below the {protected} tokens that are never pruned "
+            "(the system prompt, the latest user message and the reply being generated)"
+        )
 
 
 def _remember_done(meta: Meta, job_id: str) -> None:

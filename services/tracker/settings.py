@@ -18,6 +18,7 @@ AGGREGATIONS = ("mean", "max", "last_layer", "weighted_layers", "full")
 DISTANCE_MODES = ("none", "threshold", "linear", "square_root", "logarithmic")
 DECAY_MODES = ("additive", "exponential", "none")
 PRUNE_MODES = ("in_place", "reprefill")
+PRUNE_POLICIES = ("brightness", "recency", "random", "h2o", "tova")  # services/tracker/policies.py
 
 MAX_NEW_TOKENS_LIMIT = 8192
 MAX_STOP_STRINGS = 16
@@ -40,6 +41,7 @@ class Settings:
     # 0 disables pruning: a session keeps everything until a budget is set.
     max_context_tokens: int = 0
     prune_mode: str = "in_place"
+    prune_policy: str = "brightness"
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
@@ -93,6 +95,7 @@ def validate(s: Settings) -> None:
     _choice("distance_mode", s.distance_mode, DISTANCE_MODES)
     _choice("decay_mode", s.decay_mode, DECAY_MODES)
     _choice("prune_mode", s.prune_mode, PRUNE_MODES)
+    _choice("prune_policy", s.prune_policy, PRUNE_POLICIES)
     if not isinstance(s.min_distance, int) or s.min_distance < 0:
         raise InvalidArgument(f"settings.min_distance: {s.min_distance!r} must be an integer >= 0")
     _finite("distance_scale", s.distance_scale, 0.0, open_low=True)

@@ -25,6 +25,7 @@ const GROUPS = [
   ]],
   ["Pruning", [
     ["max_context_tokens", "Token budget (0 = off)", "int", { min: 0, step: 16 }],
+    ["prune_policy", "Policy", "select", ["brightness", "recency", "random", "h2o", "tova"]],
     ["prune_mode", "Eviction", "select", ["in_place", "reprefill"]],
   ]],
 ];
