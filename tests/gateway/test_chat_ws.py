@@ -146,6 +146,8 @@ async def test_bad_input_gets_error_frames_and_connection_stays_usable(gateway: 
             ({"type": "settings", "settings": {"decay_rate": "high"}}, "invalid_settings"),
             ({"type": "settings", "settings": {"decay_mode": "sideways"}}, "invalid_settings"),
             ({"type": "settings", "settings": {"max_context_tokens": True}}, "invalid_settings"),
+            ({"type": "settings", "settings": {"prune_policy": "lru"}}, "invalid_settings"),
+            ({"type": "settings", "settings": {"max_context_tokens": 3}}, "invalid_settings"),  # below the protected
             ({"type": "hello"}, "session_bound"),
         ]:
             await client.send(frame)
@@ -161,10 +163,13 @@ async def test_settings_change_is_applied_and_announced(gateway: Gateway) -> Non
         client = Client(ws)
         session = await client.hello()
         await client.until_event(session["last_event_id"])
-        await client.send({"type": "settings", "settings": {"decay_rate": 0.01, "max_context_tokens": 128}})
+        await client.send(
+            {"type": "settings", "settings": {"decay_rate": 0.01, "max_context_tokens": 128, "prune_policy": "h2o"}}
+        )
         frame, _ = await client.until("settings")
         assert frame["settings"]["decay_rate"] == pytest.approx(0.01)
         assert frame["settings"]["max_context_tokens"] == 128
+        assert frame["settings"]["prune_policy"] == "h2o"
         assert frame["settings"]["aggregation"] == "mean"  # untouched fields keep their values
 
 

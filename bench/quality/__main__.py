@@ -1,0 +1,238 @@
+"""`python -m bench.quality [--quick]`: does pruning keep what matters? Every policy against the known ones.
+
+Conversations generated from a seed (tasks.py: passkey in RULER's haystack and in varied filler, one fact of
+several, variable tracking over turns, a fact a later turn updates) run through the worker engine's capture and the
+tracker's scoring and pruning (runner.py), each under every policy at 25%, 50% and 75% of its length, plus no pruning
+and the fact removed. For each: the fact kept or not, the greedy answer right or not, the answer's NLL and the NLL
+gap closed; means with 95% bootstrap intervals and brightness paired against each other policy. Conversations are
+spread over Ray actors (`--workers N`, or the cluster at RAY_ADDRESS). Writes bench/results/quality.json and the
+figure docs/quality.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from services.tracker.settings import PRUNE_POLICIES
+
+from . import plot, stats
+from .runner import Policy
+from .tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "quality.json"
+FIGURE = ROOT / "docs" / "quality.png"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 conversation per task, one budget (50%%)")
+    p.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help="default: all")
+    p.add_argument("--policies", nargs="+", help="policy[:setting=value,...] (default: the five prune_policy values)")
+    p.add_argument("--budgets", type=float, nargs="+", help="fractions of the conversation (default 0.25 0.5 0.75)")
+    p.add_argument("--conversations", type=int, help="per task (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="Ray actors (default 1)")
+    p.add_argument("--threads", type=int, help="torch threads per actor (default: this machine's cores / workers)")
+    p.add_argument("--generate", action="store_true", help="assistant turns generated greedily, not scripted")
+    p.add_argument("--reply-tokens", type=int, default=32, help="with --generate: tokens per assistant turn")
+    p.add_argument("--scaling", type=int, default=0, help="first time N conversations with 1 and with 2 workers")
+    p.add_argument("--out", type=Path, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
+    p.add_argument("--figure", type=Path, help=f"figure (default {FIGURE.relative_to(ROOT)})")
+    p.add_argument("--summarise", type=Path, metavar="JSON", help="no run: the table and figure of a results file")
+    args = p.parse_args(argv)
+    args.tasks = args.tasks or list(TASKS)
+    args.policies = args.policies or list(PRUNE_POLICIES)
+    for spec in args.policies:
+        Policy.parse(spec)  # a bad spec fails here, not in an actor
+    args.budgets = args.budgets or ([0.5] if args.quick else [0.25, 0.5, 0.75])
+    if not all(0 < b < 1 for b in args.budgets):
+        p.error("--budgets: fractions strictly between 0 and 1")
+    args.conversations = args.conversations or (1 if args.quick else 100)
+    if args.quick:  # a smoke run must not overwrite the documented results
+        scratch = Path(tempfile.mkdtemp(prefix="quality-quick-"))
+        args.out = args.out or scratch / "quality.json"
+        args.figure = args.figure or scratch / "quality.png"
+    args.out = args.out or RESULTS
+    args.figure = args.figure or FIGURE
+    return args
+
+
+class Pool:
+    """N QualityWorker actors and the conversations handed to whichever is free."""
+
+    def __init__(self, workers: int, threads: int, args: argparse.Namespace) -> None:
+        import ray
+
+        from .worker import QualityWorker
+
+        remote = ray.remote(QualityWorker).options(num_cpus=threads, max_restarts=0)
+        self.actors = [remote.remote(threads, args.generate, args.reply_tokens) for _ in range(workers)]
+        self.where = ray.get([a.ready.remote() for a in self.actors])  # model loaded: timing starts after this
+
+    def run(self, specs: list[tuple[str, int]], args: argparse.Namespace, progress: bool) -> tuple[list[Any], float]:
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
+        started = time.perf_counter()
+        results = []
+        jobs = pool.map_unordered(
+            lambda actor, spec: actor.evaluate.remote(spec[0], spec[1], args.seed, args.policies, args.budgets),
+            specs,
+        )
+        for done, result in enumerate(jobs, 1):
+            results.append(result)
+            if progress:
+                elapsed = time.perf_counter() - started
+                rate = done / elapsed * 60
+                first = result["records"][0]
+                print(
+                    f"  [{done:4d}/{len(specs)}] {first['task']} #{first['index']}: {result['seconds']:.1f} s "
+                    f"({rate:.1f} conversations/min, {(len(specs) - done) / rate:.0f} min left)",
+                    flush=True,
+                )
+        return results, time.perf_counter() - started
+
+    def close(self) -> None:
+        import ray
+
+        ray.get([a.close.remote() for a in self.actors])
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def start_ray(cores: int) -> None:
+    import logging
+
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    env = {"py_modules": [str(ROOT / "bench")]}  # this package, for actors on any node
+    if address:
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING, runtime_env=env)
+
+
+def scaling(args: argparse.Namespace, specs: list[tuple[str, int]], cores: int) -> dict[str, float]:
+    """Conversations per minute with 1 and with 2 workers on the same conversations (the cores split between
+    them), interleaved: 1, 2, 1, 2."""
+    rates: dict[str, list[float]] = {"1": [], "2": []}
+    for workers in (1, 2, 1, 2):
+        pool = Pool(workers, max(1, cores // workers), args)
+        try:
+            _, seconds = pool.run(specs, args, progress=False)
+        finally:
+            pool.close()
+        rates[str(workers)].append(len(specs) / seconds * 60)
+        print(f"  {workers} worker(s): {rates[str(workers)][-1]:.2f} conversations/min", flush=True)
+    return {k: sum(v) / len(v) for k, v in rates.items()}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def ci(cell: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+        low, high = (scale * v for v in cell["ci"])
+        return f"{scale * cell['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    lines = []
+    head = (
+        f"{'task':18} {'policy':30} {'budget':>6} {'n':>4} {'active':>6} {'kept %':>6} {'right %':>7} "
+        f"{'NLL [95% CI]':>19} {'gap closed [95% CI]':>21} {'ΔNLL vs brightness (wins/losses)':>34}"
+    )
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        budget = "-" if r["policy"] in stats.BASELINES else f"{100 * r['budget']:.0f}%"
+        gap = ci(r["gap_closed"]) if "gap_closed" in r else ""
+        paired = r.get("vs_brightness")
+        versus = f"{ci(paired)} ({paired['a_better']}/{paired['b_better']})" if paired else ""
+        lines.append(
+            f"{r['task']:18} {r['policy']:30} {budget:>6} {r['n']:>4} {r['active_tokens']:>6.0f} "
+            f"{100 * r['kept']['mean']:>6.0f} {100 * r['correct']['mean']:>7.0f} {ci(r['nll']):>19} {gap:>21} "
+            f"{versus:>34}"
+        )
+    return "\n".join(lines)
+
+
+def _json(output: dict[str, Any]) -> str:
+    """Indented, but one line per conversation record: thousands of them stay readable and small."""
+    records = output.pop("records")
+    text = json.dumps(output, indent=1)[:-2]
+    lines = ",\n  ".join(json.dumps(r, separators=(",", ":")) for r in records)
+    return f'{text},\n "records": [\n  {lines}\n ]\n}}\n'
+
+
+def _title(records: list[dict[str, Any]], seed: int) -> str:
+    conversations = len({(r["task"], r["index"]) for r in records})
+    return f"NLL gap closed by pruning policy ({conversations} conversations, seed {seed})"
+
+
+def summarise_file(path: Path, figure: Path) -> int:
+    results = json.loads(path.read_text())
+    rows = stats.summarise(results["records"])
+    print(table(rows))
+    plot.draw(rows, figure, _title(results["records"], results["config"]["seed"]))
+    print(f"wrote {figure}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.summarise:
+        return summarise_file(args.summarise, args.figure)
+    cores = os.cpu_count() or 1
+    threads = args.threads or max(1, cores // args.workers)
+    specs = [(task, i) for i in range(args.conversations) for task in args.tasks]  # tasks interleaved
+    print(
+        f"bench.quality: {len(specs)} conversations ({', '.join(args.tasks)}), policies {', '.join(args.policies)}, "
+        f"budgets {', '.join(f'{100 * b:.0f}%' for b in args.budgets)}, {args.workers} worker(s) x {threads} "
+        f"thread(s), {'generated' if args.generate else 'scripted'} assistant turns, seed {args.seed}",
+        flush=True,
+    )
+    start_ray(cores)
+    throughput: dict[str, float] = {}
+    if args.scaling:
+        print(f"scaling: {args.scaling} conversations with 1 and 2 workers", flush=True)
+        throughput = scaling(args, specs[: args.scaling], cores)
+    pool = Pool(args.workers, threads, args)
+    try:
+        results, seconds = pool.run(specs, args, progress=True)
+    finally:
+        pool.close()
+    records = sorted((r for result in results for r in result["records"]), key=lambda r: (r["task"], r["index"]))
+    rows = stats.summarise(records)
+    per_conversation = [result["seconds"] for result in results]
+    print()
+    print(table(rows))
+    rate = len(specs) / seconds * 60
+    print(
+        f"\n{len(specs)} conversations in {seconds / 60:.1f} min: {rate:.2f} conversations/min with "
+        f"{args.workers} worker(s); per conversation {min(per_conversation):.1f}–{max(per_conversation):.1f} s"
+    )
+    for workers, value in throughput.items():
+        print(f"scaling: {value:.2f} conversations/min with {workers} worker(s)")
+    output = {
+        "command": "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"cores": cores, "python": platform.python_version(), "node": platform.node()},
+        "conversations_per_minute": rate,
+        "scaling_conversations_per_minute": throughput,
+        "summary": rows,
+        "records": records,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(_json(output))
+    plot.draw(rows, args.figure, _title(records, args.seed))
+    print(f"wrote {args.out} and {args.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

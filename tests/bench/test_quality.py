@@ -1,0 +1,121 @@
+"""bench.quality: its conversations, its runner against a plain forward, its statistics, and the `--quick` smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from redis.asyncio import Redis
+from transformers import AutoModelForCausalLM
+
+from bench.quality import stats
+from bench.quality.runner import Policy, Runner
+from bench.quality.tasks import TASKS, generate
+from services.common import model_store
+from services.inference.engine import Engine, EngineConfig
+from services.tracker.engine import Engine as Tracker
+from services.tracker.settings import PRUNE_POLICIES
+from services.tracker.store import Store
+from services.tracker.template import ChatTemplate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_conversations_are_reproducible_and_state_their_facts_only_in_user_turns(task: str) -> None:
+    chat = generate(task, 3, seed=7)
+    assert chat == generate(task, 3, seed=7) and chat != generate(task, 4, seed=7)
+    users = [text for role, text in chat.turns if role == "user"]
+    replies = [text for role, text in chat.turns if role == "assistant"]
+    assert [role for role, _ in chat.turns] == ["user", "assistant"] * len(users)
+    for fact in (*chat.facts, *chat.removed):
+        assert sum(fact in text for text in users) == 1, fact  # stated once, in one user turn
+        assert not any(fact in text for text in replies)
+    assert set(chat.removed) <= set(chat.facts)
+    assert any(chat.key in fact for fact in chat.facts) or task == "variable_tracking"
+    assert chat.key not in chat.question and chat.key not in " ".join(replies)
+    assert chat.facts[0] not in users[-1] or task == "fact_update"  # distracting turns follow the first fact
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(EngineConfig(threads=2))
+
+
+@pytest.fixture
+async def runner(redis_url: str, engine: Engine) -> AsyncIterator[Runner]:
+    client = Redis.from_url(redis_url)
+    tracker = Tracker(Store(client), ChatTemplate(engine.tokenizer), engine.model_name, "test")
+    yield Runner(engine, tracker)
+    await client.aclose()
+
+
+async def test_the_runner_measures_what_a_plain_forward_measures(runner: Runner, engine: Engine) -> None:
+    """With no pruning, the NLL the runner reports (every reply stepped through capture, frames and the tracker)
+    equals the NLL of one plain transformers forward of the whole conversation as the chat template renders it; the
+    pruned variants
+    fit their budgets, and the fact removed costs likelihood."""
+    chat = generate("passkey_ruler", 0, seed=0)
+    records = await runner.evaluate(chat, [Policy.parse("brightness"), Policy.parse("recency")], [0.5])
+    by_policy = {r["policy"]: r for r in records}
+    assert set(by_policy) == {"none", "brightness", "recency", "fact_removed"}
+    messages = [{"role": role, "content": text} for role, text in chat.turns]
+    messages.append({"role": "user", "content": chat.question})
+    prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]) == by_policy["none"]["length"]
+    lead = engine.tokenizer(chat.lead, add_special_tokens=False)["input_ids"]
+    key = engine.tokenizer(" " + chat.key, add_special_tokens=False)["input_ids"]
+    ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"] + lead + key
+    plain = AutoModelForCausalLM.from_pretrained(str(model_store.model_path()), attn_implementation="sdpa")
+    with torch.inference_mode():
+        logits = plain(input_ids=torch.tensor([ids])).logits[0].float()
+    rows = torch.log_softmax(logits[len(ids) - len(key) - 1 : -1], dim=-1)
+    reference = -float(rows[torch.arange(len(key)), torch.tensor(key)].mean())
+    assert by_policy["none"]["nll"] == pytest.approx(reference, abs=2e-3)
+    assert by_policy["none"]["kept"] and not by_policy["fact_removed"]["kept"]
+    assert by_policy["fact_removed"]["nll"] > by_policy["none"]["nll"] + 1.0
+    for policy in ("brightness", "recency"):
+        assert by_policy[policy]["active_tokens"] <= by_policy[policy]["budget_tokens"]
+    removed = by_policy["none"]["active_tokens"] - by_policy["fact_removed"]["active_tokens"]
+    assert removed == len(engine.tokenizer(chat.facts[0], add_special_tokens=False)["input_ids"])
+
+
+def test_gap_closed_and_paired_comparisons() -> None:
+    rng = np.random.default_rng(0)
+    removed, full = np.full(50, 3.0), np.full(50, 1.0)
+    assert stats.gap_closed(removed, full, full, rng)["mean"] == 1.0
+    assert stats.gap_closed(removed, removed, full, rng)["mean"] == 0.0
+    half = stats.gap_closed(removed, np.full(50, 2.0) + rng.normal(0, 0.1, 50), full, rng)
+    assert half["ci"][0] < 0.5 < half["ci"][1] and half["ci"][1] - half["ci"][0] < 0.2
+    worse = stats.paired(np.zeros(20), np.ones(20), rng)
+    assert (worse["mean"], worse["a_better"], worse["b_better"]) == (1.0, 20, 0)
+
+
+@pytest.mark.e2e
+def test_quick_run_writes_results_and_figure(tmp_path: Path) -> None:
+    """`python -m bench.quality --quick` (what `make test` runs as a smoke test): Ray actor, every task and policy."""
+    out, figure = tmp_path / "quality.json", tmp_path / "quality.png"
+    command = [sys.executable, "-m", "bench.quality", "--quick", "--out", str(out), "--figure", str(figure)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "conversations/min" in done.stdout and "gap closed" in done.stdout
+    results = json.loads(out.read_text())
+    rows = {(r["task"], r["policy"]) for r in results["summary"]}
+    assert rows == {(t, p) for t in TASKS for p in (*PRUNE_POLICIES, "none", "fact_removed")}
+    for r in results["summary"]:
+        if r["policy"] == "none":
+            assert r["kept"]["mean"] == 1.0
+        if r["policy"] == "fact_removed":
+            assert r["kept"]["mean"] == 0.0
+
+    def mean_nll(policy: str) -> float:
+        return float(np.mean([r["nll"]["mean"] for r in results["summary"] if r["policy"] == policy]))
+
+    assert mean_nll("none") < mean_nll("fact_removed")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
