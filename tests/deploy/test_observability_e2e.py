@@ -116,9 +116,11 @@ def traffic(stack: Stack, prometheus: Prometheus) -> Traffic:
     chat = Conversation(stack.ws_url)
     try:
         chat.settings(**SHORT)
-        chat.chat("My cat is called Tom. He likes fish. He sleeps all day.")
-        # A budget smaller than the conversation: the next turn prunes the first one's sentences.
-        chat.settings(max_context_tokens=1)
+        first = chat.chat("My cat is called Tom. He likes fish. He sleeps all day.")
+        # The smallest budget allowed: what is never pruned now (the system prompt and this message), which the
+        # next turn exceeds, so it prunes the first one's sentences.
+        reply = sum(1 for frame in first if frame["type"] == "token" and frame["role"] == "assistant")
+        chat.settings(max_context_tokens=first[-1]["stats"]["active_tokens"] - reply)
         second = chat.chat("What is my cat called?")
         pruned = sum(1 for frame in second if frame["type"] == "pruned")
     finally:

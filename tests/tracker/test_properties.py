@@ -135,7 +135,10 @@ async def _run_conversation(url: str, template: ChatTemplate, spec: dict[str, An
     try:
         engine = Engine(Store(client), template, "m", "f")
         s = dict(spec["settings"])
-        sid = (await engine.create_session({**s, "max_context_tokens": spec["budget"]}, "Sys.")).session_id
+        # A budget below the system prompt is refused; one that later user messages outgrow is not.
+        system = len(template.tokenise(template.render("system", "Sys.")).token_ids)
+        budget = spec["budget"] if spec["budget"] == 0 else max(spec["budget"], system)
+        sid = (await engine.create_session({**s, "max_context_tokens": budget}, "Sys.")).session_id
         ref: list[reference.Token] = []
         seen_positions: list[int] = []
 
@@ -151,7 +154,7 @@ async def _run_conversation(url: str, template: ChatTemplate, spec: dict[str, An
             last_user = (await engine.session(sid)).meta.last_user_turn
             opened = await engine.open(sid, f"j{number}")
             await sync_new_entries()
-            reference.prune(ref, spec["budget"], {last_user, opened.turn_id})
+            reference.prune(ref, budget, {last_user, opened.turn_id})
             for step, (token_id, change) in enumerate(steps):
                 if change is not None:  # applies from this step on, in both
                     await engine.update_settings(sid, change)
@@ -164,7 +167,7 @@ async def _run_conversation(url: str, template: ChatTemplate, spec: dict[str, An
                 seen_positions.append(outcome.position)
                 await sync_new_entries()
                 ref[-1].score = (await engine.session(sid)).settings.initial_score
-                reference.prune(ref, spec["budget"], {last_user, opened.turn_id})
+                reference.prune(ref, budget, {last_user, opened.turn_id})
                 await _compare(engine, sid, ref)
             await engine.finish(sid, f"j{number}", "length", {})
             await sync_new_entries()
