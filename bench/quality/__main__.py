@@ -78,7 +78,11 @@ class Pool:
         self.actors = [remote.remote(threads, args.generate, args.reply_tokens) for _ in range(workers)]
         self.where = ray.get([a.ready.remote() for a in self.actors])  # model loaded: timing starts after this
 
-    def run(self, specs: list[tuple[str, int]], args: argparse.Namespace, progress: bool) -> tuple[list[Any], float]:
+    def run(
+        self, specs: list[tuple[str, int]], args: argparse.Namespace, progress: bool, partial: Path | None = None
+    ) -> tuple[list[Any], float]:
+        """Results of every conversation; with `partial`, the records so far are rewritten there after each one, so
+        a long run that is stopped still leaves its data (`--summarise` reads it)."""
         from ray.util import ActorPool
 
         pool = ActorPool(self.actors)
@@ -90,6 +94,9 @@ class Pool:
         )
         for done, result in enumerate(jobs, 1):
             results.append(result)
+            if partial is not None:
+                records = [r for result in results for r in result["records"]]
+                partial.write_text(_json({"config": _config(args), "records": records}))
             if progress:
                 elapsed = time.perf_counter() - started
                 rate = done / elapsed * 60
@@ -161,6 +168,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def _json(output: dict[str, Any]) -> str:
     """Indented, but one line per conversation record: thousands of them stay readable and small."""
     records = output.pop("records")
@@ -202,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling: {args.scaling} conversations with 1 and 2 workers", flush=True)
         throughput = scaling(args, specs[: args.scaling], cores)
     pool = Pool(args.workers, threads, args)
+    partial = args.out.with_suffix(".partial.json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        results, seconds = pool.run(specs, args, progress=True)
+        results, seconds = pool.run(specs, args, progress=True, partial=partial)
     finally:
         pool.close()
     records = sorted((r for result in results for r in result["records"]), key=lambda r: (r["task"], r["index"]))
@@ -220,15 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling: {value:.2f} conversations/min with {workers} worker(s)")
     output = {
         "command": "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": _config(args),
         "machine": {"cores": cores, "python": platform.python_version(), "node": platform.node()},
         "conversations_per_minute": rate,
         "scaling_conversations_per_minute": throughput,
         "summary": rows,
         "records": records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(_json(output))
+    partial.unlink(missing_ok=True)
     plot.draw(rows, args.figure, _title(records, args.seed))
     print(f"wrote {args.out} and {args.figure}")
     return 0

@@ -116,10 +116,12 @@ def test_chat_page_end_to_end(stack: Stack, browser: object) -> None:
         page.check("#opt-log")
         assert page.evaluate("() => document.body.classList.contains('log-scale')")
 
-        # A small token budget forces pruning of the first turn during the next reply: its spans flash and fade.
+        # A small token budget forces pruning of the first turn during the next reply: its spans flash and fade. The
+        # smallest one allowed is what is never pruned now: everything but the reply.
         active = page.evaluate("() => window.haloweave.transcript.active")
-        set_field(page, "max_context_tokens", str(active - 8))
-        page.wait_for_function(f"() => window.haloweave.state.budget === {active - 8}")
+        budget = active - page.locator(".turn[data-role=assistant] .tok").count()
+        set_field(page, "max_context_tokens", str(budget))
+        page.wait_for_function(f"() => window.haloweave.state.budget === {budget}")
         send_and_wait(page, "And what colour is the sky?")
         page.wait_for_selector(".tok.pruned", state="attached")
         pruned = page.evaluate("() => window.haloweave.transcript.pruned")
