@@ -180,6 +180,20 @@ def _json(output: dict[str, Any]) -> str:
     return f'{text},\n "records": [\n  {lines}\n ]\n}}\n'
 
 
+def figures(rows: list[dict[str, Any]], figure: Path, title: str) -> list[Path]:
+    """The policies at `figure`; variants of a policy ("brightness:aggregation=max"), if any, with the policy they
+    vary in a second figure next to it (`quality-variants.png`), so that neither is crowded."""
+    labels = {r["policy"] for r in rows}
+    variants = {label for label in labels if ":" in label}
+    plot.draw(rows, figure, title, only=labels - variants)
+    if not variants:
+        return [figure]
+    second = figure.with_name(f"{figure.stem}-variants{figure.suffix}")
+    bases = {label.partition(":")[0] for label in variants}
+    plot.draw(rows, second, title.replace("by pruning policy", "by variant"), only=variants | bases)
+    return [figure, second]
+
+
 def _title(records: list[dict[str, Any]], seed: int) -> str:
     conversations = len({(r["task"], r["index"]) for r in records})
     return f"NLL gap closed by pruning policy ({conversations} conversations, seed {seed})"
@@ -189,8 +203,7 @@ def summarise_file(path: Path, figure: Path) -> int:
     results = json.loads(path.read_text())
     rows = stats.summarise(results["records"])
     print(table(rows))
-    plot.draw(rows, figure, _title(results["records"], results["config"]["seed"]))
-    print(f"wrote {figure}")
+    print(f"wrote {', '.join(map(str, figures(rows, figure, _title(results['records'], results['config']['seed']))))}")
     return 0
 
 
@@ -242,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.write_text(_json(output))
     partial.unlink(missing_ok=True)
-    plot.draw(rows, args.figure, _title(records, args.seed))
-    print(f"wrote {args.out} and {args.figure}")
+    drawn = figures(rows, args.figure, _title(records, args.seed))
+    print(f"wrote {args.out} and {', '.join(map(str, drawn))}")
     return 0
 
 

@@ -5,29 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+POLICY_COLOURS = {"brightness": "C0", "h2o": "C1", "random": "C2", "recency": "C3", "tova": "C4"}
 
-def draw(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+
+def draw(rows: list[dict[str, Any]], path: Path, title: str, only: set[str] | None = None) -> None:
+    """One panel per task; `only` limits the lines to those policies."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display here or on a cluster node
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in rows})
-    policies = sorted({r["policy"] for r in rows if "gap_closed" in r}, key=lambda p: (p != "brightness", p))
+    policies = sorted(
+        {r["policy"] for r in rows if "gap_closed" in r and (only is None or r["policy"] in only)},
+        key=lambda p: (p != "brightness", p),
+    )
     columns = min(3, len(tasks))
     lines = -(-len(tasks) // columns)
     figure, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 3.6 * lines), squeeze=False, sharey=True)
-    # One colour per policy in every panel; variants of brightness ("brightness:decay_rate=0") dashed, in its family.
-    plain = [p for p in policies if ":" not in p]
-    colours = {p: f"C{i}" for i, p in enumerate(plain)}
-    shades = iter(["#6baed6", "#08519c", "#9ecae1", "#3182bd", "#c6dbef"])
-    colours.update({p: next(shades, "#6baed6") for p in policies if ":" in p})
+    # One colour per line in every panel (the five policies keep C0-C4 in either figure); variants are dashed.
+    plain = sorted(POLICY_COLOURS.keys() & set(policies))
+    colours = {p: POLICY_COLOURS[p] for p in plain}
+    others = iter(f"C{i}" for i in range(5, 10))
+    colours.update({p: next(others, "C9") for p in policies if p not in colours})
     for ax, task in zip(axes.flat, tasks, strict=False):
-        for policy in policies:
+        for number, policy in enumerate(policies):
+            shift = 1.2 * (number - (len(policies) - 1) / 2)  # side by side, so the intervals do not overlap
             mine = sorted((r for r in rows if r["task"] == task and r["policy"] == policy), key=lambda r: r["budget"])
             if not mine:
                 continue
-            x = [100 * r["budget"] for r in mine] + [100]
+            x = [100 * r["budget"] + shift for r in mine] + [100]
             y = [r["gap_closed"]["mean"] for r in mine] + [1.0]  # no pruning closes the whole gap by definition
             low = [r["gap_closed"]["mean"] - r["gap_closed"]["ci"][0] for r in mine] + [0.0]
             high = [r["gap_closed"]["ci"][1] - r["gap_closed"]["mean"] for r in mine] + [0.0]
