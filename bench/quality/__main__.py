@@ -48,6 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     p.add_argument("--figure", type=Path, help=f"figure (default {FIGURE.relative_to(ROOT)})")
     p.add_argument("--summarise", type=Path, metavar="JSON", help="no run: the table and figure of a results file")
+    p.add_argument("--markdown", action="store_true", help="with --summarise: the tables of docs/quality.md")
     args = p.parse_args(argv)
     args.tasks = args.tasks or list(TASKS)
     args.policies = args.policies or list(PRUNE_POLICIES)
@@ -199,10 +200,59 @@ def _title(records: list[dict[str, Any]], seed: int) -> str:
     return f"NLL gap closed by pruning policy ({conversations} conversations, seed {seed})"
 
 
-def summarise_file(path: Path, figure: Path) -> int:
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The policies' tables, then their variants' (with brightness again) if the run had any."""
+    labels = {r["policy"] for r in rows if "gap_closed" in r}
+    variants = {label for label in labels if ":" in label}
+    parts = [_markdown(rows, sorted(labels - variants, key=lambda p: (p != "brightness", p)))]
+    if variants:
+        parts.append(_markdown(rows, ["brightness", *sorted(variants)]))
+    return "\n\n".join(parts)
+
+
+def _markdown(rows: list[dict[str, Any]], policies: list[str]) -> str:
+    """Per task and budget, one column per policy: the NLL gap closed with its interval, then kept % / right %, and
+    brightness's paired NLL difference against each (the policy's minus brightness's: > 0, brightness better)."""
+    cells = {(r["task"], r["budget"], r["policy"]): r for r in rows}
+    keys = sorted({(r["task"], r["budget"]) for r in rows if "gap_closed" in r})
+
+    def grid(title: str, cell: Any) -> list[str]:
+        lines = [f"| {title} | budget | " + " | ".join(f"`{p}`" for p in policies) + " |"]
+        lines.append("|---|---|" + "---|" * len(policies))
+        for task, budget in keys:
+            values = [cell(cells[(task, budget, p)]) if (task, budget, p) in cells else "" for p in policies]
+            lines.append(f"| {task} | {100 * budget:.0f}% | " + " | ".join(values) + " |")
+        return lines
+
+    def gap(r: dict[str, Any]) -> str:
+        g = r["gap_closed"]
+        return f"{g['mean']:.2f} [{g['ci'][0]:.2f}, {g['ci'][1]:.2f}]"
+
+    def kept(r: dict[str, Any]) -> str:
+        return f"{100 * r['kept']['mean']:.0f} / {100 * r['correct']['mean']:.0f}"
+
+    def versus(r: dict[str, Any]) -> str:
+        v = r.get("vs_brightness")
+        if v is None:
+            return "—"
+        mark = "**" if v["ci"][0] > 0 or v["ci"][1] < 0 else ""  # the interval excludes 0
+        return f"{mark}{v['mean']:+.2f}{mark} ({v['a_better']}/{v['b_better']})"
+
+    return "\n".join(
+        [
+            *grid("NLL gap closed [95% CI]", gap),
+            "",
+            *grid("fact kept % / answer right %", kept),
+            "",
+            *grid("ΔNLL vs brightness (brightness better / worse)", versus),
+        ]
+    )
+
+
+def summarise_file(path: Path, figure: Path, as_markdown: bool) -> int:
     results = json.loads(path.read_text())
     rows = stats.summarise(results["records"])
-    print(table(rows))
+    print(markdown(rows) if as_markdown else table(rows))
     print(f"wrote {', '.join(map(str, figures(rows, figure, _title(results['records'], results['config']['seed']))))}")
     return 0
 
@@ -210,7 +260,7 @@ def summarise_file(path: Path, figure: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.summarise:
-        return summarise_file(args.summarise, args.figure)
+        return summarise_file(args.summarise, args.figure, args.markdown)
     cores = os.cpu_count() or 1
     threads = args.threads or max(1, cores // args.workers)
     specs = [(task, i) for i in range(args.conversations) for task in args.tasks]  # tasks interleaved

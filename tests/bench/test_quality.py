@@ -119,3 +119,8 @@ def test_quick_run_writes_results_and_figure(tmp_path: Path) -> None:
 
     assert mean_nll("none") < mean_nll("fact_removed")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The tables of docs/quality.md come from the same file, with no run.
+    again = tmp_path / "again.png"
+    command = [sys.executable, "-m", "bench.quality", "--summarise", str(out), "--figure", str(again), "--markdown"]
+    shown = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert shown.count("| passkey_ruler | 50% |") == 3 and again.exists()  # gap closed, kept / right, paired
