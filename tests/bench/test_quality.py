@@ -86,6 +86,18 @@ async def test_the_runner_measures_what_a_plain_forward_measures(runner: Runner,
     assert removed == len(engine.tokenizer(chat.facts[0], add_special_tokens=False)["input_ids"])
 
 
+async def test_generated_assistant_turns_run_through_the_same_loop(runner: Runner) -> None:
+    """`--generate`: each variant samples its own replies (here 4 tokens each), so the variants' conversations
+    differ, and every one is still pruned to its budget and measured."""
+    runner.generate, runner.reply_tokens = True, 4
+    chat = generate("fact_update", 1, seed=0)
+    records = await runner.evaluate(chat, [Policy.parse("tova")], [0.5])
+    by_policy = {r["policy"]: r for r in records}
+    assert set(by_policy) == {"none", "tova", "fact_removed"}
+    assert by_policy["none"]["kept"] and by_policy["tova"]["active_tokens"] <= by_policy["tova"]["budget_tokens"]
+    assert all(r["nll"] > 0 for r in records)
+
+
 def test_gap_closed_and_paired_comparisons() -> None:
     rng = np.random.default_rng(0)
     removed, full = np.full(50, 3.0), np.full(50, 1.0)
