@@ -39,6 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--policies", nargs="+", help="policy[:setting=value,...] (default: the five prune_policy values)")
     p.add_argument("--budgets", type=float, nargs="+", help="fractions of the conversation (default 0.25 0.5 0.75)")
     p.add_argument("--conversations", type=int, help="per task (default 100)")
+    p.add_argument("--start", type=int, default=0, help="index of each task's first conversation (to extend a run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="Ray actors (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per actor (default: this machine's cores / workers)")
@@ -47,7 +48,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling", type=int, default=0, help="first time N conversations with 1 and with 2 workers")
     p.add_argument("--out", type=Path, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     p.add_argument("--figure", type=Path, help=f"figure (default {FIGURE.relative_to(ROOT)})")
-    p.add_argument("--summarise", type=Path, metavar="JSON", help="no run: the table and figure of a results file")
+    p.add_argument(
+        "--summarise", type=Path, nargs="+", metavar="JSON", help="no run: the tables and figures of results files"
+    )
     p.add_argument("--markdown", action="store_true", help="with --summarise: the tables of docs/quality.md")
     args = p.parse_args(argv)
     args.tasks = args.tasks or list(TASKS)
@@ -249,21 +252,33 @@ def _markdown(rows: list[dict[str, Any]], policies: list[str]) -> str:
     )
 
 
-def summarise_file(path: Path, figure: Path, as_markdown: bool) -> int:
-    results = json.loads(path.read_text())
-    rows = stats.summarise(results["records"])
+def summarise_files(paths: list[Path], figure: Path, as_markdown: bool) -> int:
+    """Several files are one run extended (`--start`): their records are pooled, conversation by conversation."""
+    loaded = [json.loads(path.read_text()) for path in paths]
+    if len({r["config"]["seed"] for r in loaded}) != 1:
+        raise SystemExit("--summarise: the files come from different seeds; their conversations differ")
+    seen: set[tuple[str, int, str, float]] = set()
+    records = []
+    for r in (r for results in loaded for r in results["records"]):
+        key = (r["task"], r["index"], r["policy"], r["budget"])
+        if key not in seen:
+            seen.add(key)
+            records.append(r)
+    rows = stats.summarise(records)
     print(markdown(rows) if as_markdown else table(rows))
-    print(f"wrote {', '.join(map(str, figures(rows, figure, _title(results['records'], results['config']['seed']))))}")
+    drawn = figures(rows, figure, _title(records, loaded[0]["config"]["seed"]))
+    print(f"wrote {', '.join(map(str, drawn))}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.summarise:
-        return summarise_file(args.summarise, args.figure, args.markdown)
+        return summarise_files(args.summarise, args.figure, args.markdown)
     cores = os.cpu_count() or 1
     threads = args.threads or max(1, cores // args.workers)
-    specs = [(task, i) for i in range(args.conversations) for task in args.tasks]  # tasks interleaved
+    indices = range(args.start, args.start + args.conversations)
+    specs = [(task, i) for i in indices for task in args.tasks]  # tasks interleaved
     print(
         f"bench.quality: {len(specs)} conversations ({', '.join(args.tasks)}), policies {', '.join(args.policies)}, "
         f"budgets {', '.join(f'{100 * b:.0f}%' for b in args.budgets)}, {args.workers} worker(s) x {threads} "
