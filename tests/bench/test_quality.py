@@ -109,6 +109,30 @@ def test_gap_closed_and_paired_comparisons() -> None:
     assert (worse["mean"], worse["a_better"], worse["b_better"]) == (1.0, 20, 0)
 
 
+def test_summarise_pools_an_extended_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two files of one seed (a run and its `--start` extension) are summarised as one set of conversations."""
+    from bench.quality.__main__ import _json, main
+
+    def run(first: int, nll: float) -> Path:
+        records = [
+            {"task": "multi_fact", "index": i, "policy": policy, "budget": budget, "nll": value, "kept": kept,
+             "correct": False, "active_tokens": 100}
+            for i in range(first, first + 3)
+            for policy, budget, value, kept in (
+                ("none", 0.0, 1.0, True), ("fact_removed", 0.0, 3.0, False), ("brightness", 0.5, nll, False)
+            )
+        ]  # fmt: skip
+        path = tmp_path / f"run-{first}.json"
+        path.write_text(_json({"config": {"seed": 0}, "records": records}))
+        return path
+
+    assert main(["--summarise", str(run(0, 2.0)), str(run(3, 1.0)), "--figure", str(tmp_path / "f.png")]) == 0
+    brightness = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("multi_fact         brightness")
+    ]
+    assert brightness and " 6 " in brightness[0] and "0.75" in brightness[0]  # n = 6; gap closed (1.5) / 2
+
+
 @pytest.mark.e2e
 def test_quick_run_writes_results_and_figure(tmp_path: Path) -> None:
     """`python -m bench.quality --quick` (what `make test` runs as a smoke test): Ray actor, every task and policy."""
