@@ -74,7 +74,6 @@ class Variant:
     fact_positions: list[int] = field(default_factory=list)
     kept: bool = True
     active_tokens: int = 0  # the context the question is answered on
-    pruned_tokens: int = 0
 
     @property
     def capture(self) -> str:
@@ -88,8 +87,11 @@ class Runner:
         self.tokenizer = engine.tokenizer
         self.generate = generate  # assistant turns sampled greedily by each variant instead of scripted
         self.reply_tokens = reply_tokens
-        eos = sorted(engine.eos_token_ids)
-        self.end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>")) if not eos else eos[0]
+        # The end token the chat template's trailer knows: a reply ending with it is closed by the rest of the trailer.
+        end = tracker.template.eos_token_id
+        if end is None:
+            raise ValueError("the model's tokenizer names no end token: scripted replies cannot end as generated ones")
+        self.end_id = int(end)
 
     def _ids(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
@@ -176,7 +178,6 @@ class Runner:
             opened = await self.tracker.open(v.session_id, v.job_id)
             v.context = opened.context
             v.active_tokens = len(opened.context.positions)
-            v.pruned_tokens = opened.pruned_tokens
             cache = v.cache
             assert cache is not None
             plan = cache.sync_plan(opened.context.positions, opened.context.token_ids)
