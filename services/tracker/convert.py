@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from haloweave.tracker.v1 import tracker_pb2 as pb
 
-from services.tracker.engine import ContextView, Opened, StepOutcome
+from services.tracker.engine import ContextView, Opened, RecallOutcome, RecallProbe, StepOutcome
 from services.tracker.frames import FrameInput
 from services.tracker.restore import ExportedToken
 from services.tracker.settings import Settings
@@ -25,6 +25,8 @@ _SCALARS = (
     "max_context_tokens",
     "prune_mode",
     "prune_policy",
+    "recall",
+    "recall_max_sentences",
     "max_new_tokens",
     "temperature",
     "top_p",
@@ -82,11 +84,28 @@ def frame_from_pb(message: pb.Frame) -> FrameInput:
 
 
 def opened_to_pb(session_id: str, opened: Opened) -> pb.GenerateResponse:
+    message = pb.Opened(
+        turn_id=opened.turn_id,
+        settings=settings_to_pb(opened.settings),
+        context=context_to_pb(session_id, opened.context),
+    )
+    if opened.pruned is not None:
+        message.pruned.CopyFrom(context_to_pb(session_id, opened.pruned))
+    return pb.GenerateResponse(opened=message)
+
+
+def probe_from_pb(message: pb.RecallProbe) -> RecallProbe:
+    return RecallProbe(
+        cold_positions=np.array(message.cold_positions, dtype=np.int64),
+        cold_scores=np.array(message.cold_scores, dtype=np.float64),
+        active_scores=np.array(message.active_scores, dtype=np.float64),
+    )
+
+
+def recalled_to_pb(outcome: RecallOutcome) -> pb.GenerateResponse:
     return pb.GenerateResponse(
-        opened=pb.Opened(
-            turn_id=opened.turn_id,
-            settings=settings_to_pb(opened.settings),
-            context=context_to_pb(session_id, opened.context),
+        recalled=pb.Recalled(
+            positions=outcome.positions, token_ids=outcome.token_ids, evict_positions=outcome.evict_positions
         )
     )
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from services.tracker import columns, native, policies, pruning, scoring, segmentation
+from services.tracker import columns, native, policies, pruning, recall, scoring, segmentation
 from services.tracker.state import ROLE_CODES, Draft
 
 # A brightness event carries at most this many positions. When more scores changed, half the slots go to the largest
@@ -141,14 +141,21 @@ class Pruned:
 
 
 def protected_mask(draft: Draft, active: NDArray[np.intp]) -> NDArray[np.bool_]:
-    """System turns, the latest user message and the reply being generated are never pruned."""
+    """System turns, the latest user message and the reply being generated are never pruned; nor, while that reply
+    is generated, the sentences recalled for it."""
     arrays, meta = draft.state.arrays, draft.state.meta
     turns = arrays["turn"][active]
     mask = arrays["role"][active] == ROLE_CODES["system"]
     mask |= turns == meta.last_user_turn
     if meta.gen_turn >= 0:
         mask |= turns == meta.gen_turn
+    if meta.recalled_keys:
+        mask |= np.isin(arrays["gsent"][active], _keys(meta.recalled_keys))
     return np.asarray(mask, dtype=bool)
+
+
+def _keys(text: str) -> NDArray[np.int64]:
+    return np.asarray([int(k) for k in text.split(",") if k], dtype=np.int64)
 
 
 def prune(draft: Draft) -> Pruned:
@@ -159,7 +166,7 @@ def prune(draft: Draft) -> Pruned:
     if budget <= 0 or len(active) <= budget:
         return Pruned([], 0)
     arrays, meta = state.arrays, state.meta
-    if native.available():
+    if native.available() and not meta.recalled_keys:  # the kernel knows the turn protections only
         keys, maxima, firsts, sizes = native.sentence_runs(
             active, arrays["gsent"], arrays["score"], arrays["role"], arrays["turn"], meta.last_user_turn, meta.gen_turn
         )
@@ -198,6 +205,77 @@ def prune(draft: Draft) -> Pruned:
     state.meta.pruned_sentences += len(chosen)
     all_positions.sort()
     return Pruned(all_positions, len(chosen))
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    positions: list[int]  # ascending
+    token_ids: list[int]
+    sentences: int
+    ignored: int  # probed positions that are not pruned entries of this session
+
+
+def bring_back(
+    draft: Draft,
+    cold_positions: NDArray[np.int64],
+    cold_scores: NDArray[np.float64],
+    active_scores: NDArray[np.float64],
+) -> Recalled:
+    """Brings back the pruned sentences the probe's query attends to more than to the dimmest active prunable one
+    (services/tracker/recall.py): un-deletes them, scores them and protects them until the reply ends. The caller
+    checks the lengths; positions that are not deleted entries are ignored (and counted)."""
+    state = draft.state
+    arrays, meta, settings = state.arrays, state.meta, state.settings
+    pos, deleted = arrays["pos"], arrays["deleted"].astype(bool)
+    index = np.searchsorted(pos, cold_positions)
+    valid = index < state.size
+    valid[valid] = (pos[index[valid]] == cold_positions[valid]) & deleted[index[valid]]
+    ignored = int((~valid).sum())
+    order = np.argsort(index[valid], kind="stable")
+    scored, scores = index[valid][order], cold_scores[valid][order]
+    found = recall.candidates(arrays["gsent"], deleted, scored, scores)
+    active = state.active_index()
+    protected = protected_mask(draft, active)
+    threshold = recall.bar(arrays["gsent"][active], active_scores, ~protected)
+    budget = settings.max_context_tokens
+    room = budget - int(protected.sum()) if budget > 0 else state.size
+    chosen = recall.choose(found, threshold, room, settings.recall_max_sentences)
+    if not chosen:
+        return Recalled([], [], 0, ignored)
+    keys = found.keys[chosen]
+    members = np.flatnonzero(np.isin(arrays["gsent"], keys) & deleted)
+    # A recalled token's score takes one update from the attention it was just given (0 for a token the worker no
+    # longer held), under the policy's own rule, at its distance from the probing query.
+    attention = np.zeros(members.size)
+    attention[np.searchsorted(members, scored[np.isin(scored, members)])] = scores[np.isin(scored, members)]
+    rule = policies.score_rule(settings)
+    distance = (meta.next_position - 1) - pos[members]
+    weights = scoring.distance_weights(distance, rule.distance_mode, rule.min_distance, rule.distance_scale)
+    new_scores = columns.copy(arrays["score"])
+    new_scores[members] = scoring.update_scores(
+        arrays["score"][members], rule.boost * weights * attention, rule.decay_mode, rule.decay_rate
+    )
+    restored = columns.copy(arrays["deleted"])
+    restored[members] = 0
+    ranges = [(int(m), 1) for m in members]
+    draft.patch_array("score", new_scores, ranges)
+    draft.patch_array("deleted", restored, ranges)
+    for key in keys:
+        sentence = members[arrays["gsent"][members] == key]
+        draft.emit(
+            "recalled",
+            {
+                "positions": pos[sentence].tolist(),
+                "turn_id": int(arrays["turn"][sentence[0]]),
+                "sentence_id": int(arrays["sent"][sentence[0]]),
+                "scores": np.round(new_scores[sentence], SCORE_DECIMALS).tolist(),
+            },
+        )
+    meta.recalled_keys = ",".join(str(int(k)) for k in sorted(keys))
+    meta.pruned_tokens -= int(members.size)
+    meta.recalled_tokens += int(members.size)
+    meta.recalled_sentences += len(chosen)
+    return Recalled(pos[members].tolist(), arrays["tid"][members].tolist(), len(chosen), ignored)
 
 
 def brightness(draft: Draft, previous: NDArray[np.float64], changed: NDArray[np.intp], step: int) -> None:

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from services.tracker import dictionary, restore
 from services.tracker.frames import FrameInput, reduce_frame
@@ -45,6 +48,25 @@ class Opened:
     context: ContextView
     pruned_tokens: int
     pruned_sentences: int
+    pruned: ContextView | None = None  # recall on: the deleted tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RecallProbe:
+    cold_positions: NDArray[np.int64]
+    cold_scores: NDArray[np.float64]
+    active_scores: NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class RecallOutcome:
+    positions: list[int]
+    token_ids: list[int]
+    evict_positions: list[int]
+    sentences: int
+    pruned_tokens: int
+    pruned_sentences: int
+    refused: str = ""  # why the probe changed nothing, when it was not usable
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +90,11 @@ def context_of(state: SessionState) -> ContextView:
     return ContextView(
         state.arrays["pos"][active].tolist(), state.arrays["tid"][active].tolist(), state.meta.next_position
     )
+
+
+def pruned_of(state: SessionState) -> ContextView:
+    gone = np.flatnonzero(state.arrays["deleted"])
+    return ContextView(state.arrays["pos"][gone].tolist(), state.arrays["tid"][gone].tolist(), state.meta.next_position)
 
 
 class Engine:
@@ -220,6 +247,34 @@ class Engine:
                 context_of(draft.state),
                 len(pruned.positions),
                 pruned.sentences,
+                pruned_of(draft.state) if draft.state.settings.recall else None,
+            )
+
+        result, _ = await self._run(session_id, change)
+        return result
+
+    async def recall(self, session_id: str, job_id: str, probe: RecallProbe) -> RecallOutcome:
+        """Brings back the pruned sentences the prompt's last query attends to (services/tracker/recall.py), then
+        prunes to the budget as usual. A probe that cannot be used changes nothing and says why: a reply never fails
+        because of recall."""
+
+        def change(draft: Draft) -> RecallOutcome:
+            state, meta = draft.state, draft.state.meta
+            self._check_job(meta, session_id, job_id)
+            refused = _probe_problem(state, probe)
+            if refused:
+                return RecallOutcome([], [], [], 0, 0, 0, refused)
+            back = dictionary.bring_back(draft, probe.cold_positions, probe.cold_scores, probe.active_scores)
+            pruned = dictionary.prune(draft) if back.positions else dictionary.Pruned([], 0)
+            note = f"{back.ignored} probed positions are not pruned entries" if back.ignored else ""
+            return RecallOutcome(
+                back.positions,
+                back.token_ids,
+                pruned.positions,
+                back.sentences,
+                len(pruned.positions),
+                pruned.sentences,
+                note,
             )
 
         result, _ = await self._run(session_id, change)
@@ -322,6 +377,7 @@ class Engine:
         else:
             draft.emit("error", data)
         meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = -1, "", 0, 0, 0
+        meta.recalled_keys = ""
 
     # ---- export and restore ---------------------------------------------------------------------------------------
 
@@ -362,6 +418,7 @@ class Engine:
             meta.last_user_turn = int(users.max()) if users.size else -1
             meta.next_gsent = int(columns["gsent"][-1]) + 1 if len(texts) else 0
             meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = -1, "", 0, 0, 0
+            meta.recalled_keys = ""
             meta.pruned_tokens = int(columns["deleted"].sum())
             for name, values in columns.items():
                 draft.set_array(name, values)
@@ -370,6 +427,24 @@ class Engine:
             draft.emit("settings", {"settings": settings.to_dict()})
 
         await self._run(session_id, change, replace=True)
+
+
+def _probe_problem(state: SessionState, probe: RecallProbe) -> str:
+    """Why a recall probe cannot be used ('' when it can)."""
+    if not state.settings.recall:
+        return "recall is off"
+    if state.meta.step != 0 or state.meta.recalled_keys:
+        return "a reply is probed once, before its first frame"
+    if len(probe.cold_positions) != len(probe.cold_scores):
+        return f"{len(probe.cold_positions)} cold positions but {len(probe.cold_scores)} scores"
+    if len(probe.active_scores) != state.active_count():
+        return f"{len(probe.active_scores)} active scores for {state.active_count()} active tokens"
+    for values in (probe.cold_scores, probe.active_scores):
+        if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
+            return "scores must be finite and non-negative"
+    if probe.cold_positions.size > 1 and np.any(np.diff(probe.cold_positions) <= 0):
+        return "cold positions must ascend"
+    return ""
 
 
 def _check_text(text: str, name: str, allow_empty: bool = False) -> None:

@@ -30,3 +30,5 @@ ACTIVE_TOKENS = Histogram(
     "Active tokens of the session at each frame (the context the model attends to)",
     buckets=ACTIVE_TOKENS_BUCKETS,
 )
+RECALLED_TOKENS = Counter("haloweave_tracker_recalled_tokens_total", "Pruned tokens brought back by recall")
+RECALLED_SENTENCES = Counter("haloweave_tracker_recalled_sentences_total", "Pruned sentences brought back by recall")

@@ -79,7 +79,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         session_id = job_id = ""
         settings_version = -1
-        closed = False
+        closed = probed = False
         try:
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
@@ -110,6 +110,18 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     changed = outcome.settings_version != settings_version
                     settings_version = outcome.settings_version
                     yield convert.directive_to_pb(session_id, outcome, include_settings=changed)
+                elif kind == "recall":
+                    if probed:
+                        raise FailedPrecondition("a reply sends at most one RecallProbe")
+                    probed = True
+                    recalled = await self.engine.recall(session_id, job_id, convert.probe_from_pb(request.recall))
+                    if recalled.refused:
+                        log.warning("session %s: recall probe of job %s: %s", session_id, job_id, recalled.refused)
+                    if recalled.positions:
+                        metrics.RECALLED_TOKENS.inc(len(recalled.positions))
+                        metrics.RECALLED_SENTENCES.inc(recalled.sentences)
+                    self._count_pruned("in_place", recalled.pruned_tokens, recalled.pruned_sentences)
+                    yield convert.recalled_to_pb(recalled)
                 elif kind == "finish":
                     f = request.finish
                     stats = {"tokens": f.tokens, "time_to_first_token_s": f.time_to_first_token_s}

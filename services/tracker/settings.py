@@ -21,6 +21,7 @@ PRUNE_MODES = ("in_place", "reprefill")
 PRUNE_POLICIES = ("brightness", "recency", "random", "h2o", "tova")  # services/tracker/policies.py
 
 MAX_NEW_TOKENS_LIMIT = 8192
+MAX_RECALL_SENTENCES = 64
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 
@@ -42,6 +43,9 @@ class Settings:
     max_context_tokens: int = 0
     prune_mode: str = "in_place"
     prune_policy: str = "brightness"
+    # Off by default: the original tool never brought pruned tokens back, and the cold tier costs worker memory.
+    recall: bool = False
+    recall_max_sentences: int = 4
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
@@ -105,6 +109,12 @@ def validate(s: Settings) -> None:
     _finite("initial_score", s.initial_score, 0.0)
     if not isinstance(s.max_context_tokens, int) or s.max_context_tokens < 0:
         raise InvalidArgument(f"settings.max_context_tokens: {s.max_context_tokens!r} must be an integer >= 0")
+    if not isinstance(s.recall, bool):
+        raise InvalidArgument(f"settings.recall: {s.recall!r} must be true or false")
+    if not isinstance(s.recall_max_sentences, int) or not 0 < s.recall_max_sentences <= MAX_RECALL_SENTENCES:
+        raise InvalidArgument(
+            f"settings.recall_max_sentences: {s.recall_max_sentences!r} must be in 1..{MAX_RECALL_SENTENCES}"
+        )
     if not isinstance(s.max_new_tokens, int) or not 0 < s.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
         raise InvalidArgument(f"settings.max_new_tokens: {s.max_new_tokens!r} must be in 1..{MAX_NEW_TOKENS_LIMIT}")
     _finite("temperature", s.temperature, 0.0)

@@ -56,6 +56,10 @@ class Meta:
     settings_version: int = 0
     pruned_tokens: int = 0
     pruned_sentences: int = 0
+    recalled_tokens: int = 0
+    recalled_sentences: int = 0
+    # The sentence keys recalled for the reply being generated, comma-separated: protected until it ends.
+    recalled_keys: str = ""
     gen_started: float = 0.0
     model: str = ""
     fingerprint: str = ""

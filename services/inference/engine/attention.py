@@ -13,8 +13,10 @@ keys and values; no mask function is registered, so transformers builds no mask,
 - Prefill (many queries): torch's fused SDPA, which never materialises the [q, ctx] map. When capturing, the last
   query is left out of the fused call and computed like a decode step, so only its row ever exists.
 
-Causality is by cache slot: new tokens are always appended, so slot order is time order even when RoPE positions have
-gaps after pruning.
+Causality is by cache slot, which is right because slot order is position order: new tokens are appended with
+positions above every held one, and recall re-inserts pruned entries at the slots their positions sort to
+(`SlotLayer.insert`), never at the end. So a query attends to exactly the slots holding earlier positions, even when
+RoPE positions have gaps after pruning; `SessionCache.check_order` asserts the invariant after every recall.
 """
 
 from __future__ import annotations
@@ -106,6 +108,11 @@ def _attend(
 ) -> torch.Tensor:
     """One conversation's scaled queries [1, H, q, d] over its own keys/values [1, KV, T, d]; returns [1, H, q, d]."""
     q_len, kv_len = query.shape[2], key.shape[2]
+    if sink is not None and sink.probe:
+        # Recall scores the cold tier against this query after the forward (engine/recall.py); a copy, so that a
+        # prefill's many-query tensor is not kept alive.
+        sink.add_query(layer, query[0, :, -1].clone())
+        sink.softcap = softcap
     if q_len == 1 or softcap is not None:
         # Decode, or a soft-capped model (which fused SDPA cannot express): explicit rows.
         mask = _allowed(q_len, kv_len, window, query.device)[None, None] if q_len > 1 or window is not None else None

@@ -29,6 +29,7 @@ class BatchEntry:
     positions: list[int]
     capture: str | None = None  # aggregation mode of the last token's attention row; None: no row
     logits: bool = True  # the last token's logits (False for a prefill chunk that is not a prompt's last)
+    probe: bool = False  # also keep the last query of every layer, for recall (needs `capture`)
 
 
 class Batch:

@@ -33,7 +33,9 @@ class CaptureSink:
     end replace two small kernels per layer, which matters where decode is bound by kernel launches (GPUs).
     """
 
-    def __init__(self, mode: str, num_layers: int, num_heads: int, ctx: int, device: torch.device) -> None:
+    def __init__(
+        self, mode: str, num_layers: int, num_heads: int, ctx: int, device: torch.device, probe: bool = False
+    ) -> None:
         check_mode(mode)
         self.mode = mode
         self.num_layers = num_layers
@@ -41,6 +43,9 @@ class CaptureSink:
         self.ctx = ctx
         self.device = device
         self._rows: list[torch.Tensor | None] = [None] * num_layers
+        self.probe = probe
+        self.queries: list[torch.Tensor | None] = [None] * num_layers
+        self.softcap: float | None = None
 
     @property
     def layers_seen(self) -> int:
@@ -54,26 +59,32 @@ class CaptureSink:
             )
         self._rows[layer] = row
 
+    def add_query(self, layer: int, query: torch.Tensor) -> None:
+        """`query` is [heads, head_dim], already scaled: kept only when the entry asked for a recall probe."""
+        self.queries[layer] = query
+
     def aggregate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """On the device: (aggregated float32 [ctx], full float16 [layers, heads, ctx] or None)."""
         rows = [row for row in self._rows if row is not None]
         if len(rows) != self.num_layers:
             raise RuntimeError(f"capture saw {len(rows)} of {self.num_layers} layers; the model bypassed it")
         stacked = torch.stack(rows)  # [layers, heads, ctx]
-        if self.mode == "full":
-            # The vector view of `full` mode is the mean, so the tracker can score with it as well.
-            return stacked.mean(dim=(0, 1)), stacked.to(torch.float16)
-        if self.mode == "mean":
-            return stacked.mean(dim=(0, 1)), None
-        if self.mode == "max":
-            return stacked.amax(dim=(0, 1)), None
-        if self.mode == "last_layer":
-            return stacked[-1].mean(dim=0), None
-        # weighted_layers: layer l weighted by (l+1) / sum(1..L), after the mean over heads.
-        weights = torch.arange(1, self.num_layers + 1, dtype=torch.float32, device=stacked.device)
-        return (stacked.mean(dim=1) * (weights / weights.sum())[:, None]).sum(dim=0), None
+        return reduce(stacked, self.mode), stacked.to(torch.float16) if self.mode == "full" else None
 
     def result(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The aggregate copied to the host: one small transfer per step."""
         row, full = self.aggregate()
         return row.cpu().numpy(), full.cpu().numpy() if full is not None else None
+
+
+def reduce(stacked: torch.Tensor, mode: str) -> torch.Tensor:
+    """[layers, heads, ctx] probabilities → the float32 [ctx] vector of `mode` (`full`'s vector view is the mean)."""
+    if mode in ("mean", "full"):
+        return stacked.mean(dim=(0, 1))
+    if mode == "max":
+        return stacked.amax(dim=(0, 1))
+    if mode == "last_layer":
+        return stacked[-1].mean(dim=0)
+    # weighted_layers: layer l weighted by (l+1) / sum(1..L), after the mean over heads.
+    weights = torch.arange(1, stacked.shape[0] + 1, dtype=torch.float32, device=stacked.device)
+    return (stacked.mean(dim=1) * (weights / weights.sum())[:, None]).sum(dim=0)

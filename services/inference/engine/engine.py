@@ -17,9 +17,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from services.common import model_store
 
-from . import attention
+from . import attention, recall
 from .batch import Batch, BatchCache, BatchEntry
 from .capture import CaptureSink, check_mode
+from .cold import ColdChunk
 from .config import EngineConfig
 from .errors import EngineInputError
 from .kv_cache import SessionCache
@@ -32,6 +33,15 @@ class StepOutput:
     attention: np.ndarray | None  # float32 [ctx] over cache slots incl. the last input token; None if capture off
     full: np.ndarray | None  # float16 [layers, heads, ctx] when the mode is "full"
     seconds: float  # forward + capture
+    probe: Probe | None = None  # the last query of every layer, when the entry asked for a recall probe
+
+
+@dataclass
+class Probe:
+    """What recall scores the cold tier with (engine/recall.py): per layer the last query [heads, head_dim], scaled."""
+
+    queries: list[torch.Tensor]
+    softcap: float | None
 
 
 class Engine:
@@ -78,8 +88,9 @@ class Engine:
     def new_cache(self) -> SessionCache:
         return SessionCache(self.num_layers)
 
-    def evict(self, cache: SessionCache, positions: list[int]) -> None:
-        """Removes the tokens at `positions` from every layer in place; survivors keep their RoPE positions."""
+    def evict(self, cache: SessionCache, positions: list[int], cold: bool = False) -> None:
+        """Removes the tokens at `positions` from every layer in place; survivors keep their RoPE positions.
+        With `cold`, the removed keys and values move to the session's cold tier (recall is on)."""
         if not positions:
             return
         index = {p: i for i, p in enumerate(cache.positions)}
@@ -92,10 +103,71 @@ class Engine:
         first = min(drop)  # slots before the first dropped one stay put: only the rest is moved
         slots = torch.tensor(keep[first:], dtype=torch.long, device=self._device)
         with torch.inference_mode():  # the buffers are inference tensors: only written to in this mode
+            if cold:
+                cache.cold.add(self._chunk(cache, sorted(drop)))
             for layer in cache.layers:
                 layer.keep(slots, first)
         cache.positions = [cache.positions[i] for i in keep]
         cache.token_ids = [cache.token_ids[i] for i in keep]
+
+    def _chunk(self, cache: SessionCache, slots: list[int], recomputed: bool = False) -> ColdChunk:
+        """The listed slots (ascending) of every layer as one host-side cold chunk."""
+        index = torch.tensor(slots, dtype=torch.long, device=self._device)
+        parts = []
+        for layer in cache.layers:
+            assert layer.keys is not None and layer.values is not None
+            parts.append(torch.stack([layer.keys[0].index_select(1, index), layer.values[0].index_select(1, index)]))
+        kv = torch.stack(parts).to("cpu")
+        return ColdChunk([cache.positions[i] for i in slots], [cache.token_ids[i] for i in slots], kv, recomputed)
+
+    # ---- recall -------------------------------------------------------------------------------------------------
+
+    def reinsert(self, cache: SessionCache, chunk: ColdChunk) -> None:
+        """Puts cold entries back at the slots their positions sort to, in every layer: bit for bit what was evicted."""
+        if not chunk.positions:
+            return
+        held = set(cache.positions)
+        if any(p in held for p in chunk.positions):
+            raise EngineInputError("reinsert: a position is in the hot cache already")
+        start, order, merged = recall.merge_order(cache.positions, chunk.positions)
+        ids = dict(zip(cache.positions, cache.token_ids, strict=True))
+        ids.update(zip(chunk.positions, chunk.token_ids, strict=True))
+        index = torch.tensor(order, dtype=torch.long, device=self._device)
+        kv = chunk.kv.to(self._device)
+        with torch.inference_mode():
+            for i, layer in enumerate(cache.layers):
+                layer.insert(start, index, kv[i, 0][None], kv[i, 1][None])
+        cache.positions = merged
+        cache.token_ids = [ids[p] for p in merged]
+        cache.check_order()
+
+    def recompute(self, cache: SessionCache, positions: list[int], token_ids: list[int]) -> ColdChunk:
+        """Keys and values for pruned tokens the cold tier no longer holds, from their ids at their own positions:
+        one forward of them (ascending) over a copy of the hot slots before the first. Approximate where tokens
+        between them were pruned or later: they are not in that context."""
+        self._check_tokens(token_ids, positions, after=-1)
+        start = int(np.searchsorted(np.asarray(cache.positions, dtype=np.int64), positions[0]))
+        scratch = self.new_cache()
+        with torch.inference_mode():
+            for layer, source in zip(scratch.layers, cache.layers, strict=True):
+                assert source.keys is not None and source.values is not None
+                layer.install(source.keys[:, :, :start].clone(), source.values[:, :, :start].clone())
+        scratch.positions, scratch.token_ids = cache.positions[:start], cache.token_ids[:start]
+        self.forward([BatchEntry(scratch, token_ids, positions, logits=False)])
+        with torch.inference_mode():
+            return self._chunk(scratch, list(range(start, len(scratch))), recomputed=True)
+
+    def recall_scores(
+        self, cache: SessionCache, probe: Probe, mode: str
+    ) -> tuple[np.ndarray, list[int], np.ndarray] | None:
+        """(hot scores over the cache's slots, cold positions, their scores) from one softmax over both; None when
+        the cold tier is empty. See engine/recall.py."""
+        cold = cache.cold.all()
+        if cold is None:
+            return None
+        with torch.inference_mode():
+            hot, far = recall.scores(cache, probe.queries, cold, mode, probe.softcap)
+        return hot, cold.positions, far
 
     def rebuild(self, cache: SessionCache, token_ids: list[int], positions: list[int]) -> None:
         """Reprefill mode: forgets the cache and prefills the surviving tokens at their own positions."""
@@ -147,7 +219,7 @@ class Engine:
         started = time.perf_counter()
         before = [len(entry.cache) for entry in entries]
         sinks = [
-            CaptureSink(e.capture, self.num_layers, self.num_heads, n + len(e.token_ids), self._device)
+            CaptureSink(e.capture, self.num_layers, self.num_heads, n + len(e.token_ids), self._device, e.probe)
             if e.capture is not None
             else None
             for e, n in zip(entries, before, strict=True)
@@ -177,7 +249,11 @@ class Engine:
         results: list[StepOutput | None] = [None] * len(entries)
         for row, i in enumerate(wanted):
             attention_row, full = captured.get(i, (None, None))
-            results[i] = StepOutput(logits=logits[row], attention=attention_row, full=full, seconds=seconds)
+            sink = sinks[i]
+            probe = None
+            if sink is not None and sink.probe:
+                probe = Probe([q for q in sink.queries if q is not None], sink.softcap)
+            results[i] = StepOutput(logits[row], attention_row, full, seconds, probe)
         for entry in entries:
             entry.cache.positions.extend(entry.positions)
             entry.cache.token_ids.extend(entry.token_ids)

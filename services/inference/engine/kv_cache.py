@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from .cold import ColdTier
+
 _GROWTH = 1.25  # headroom factor when a layer must grow: bounded waste, amortised O(1) appends
 _MIN_CHUNK = 64  # slots
 
@@ -78,6 +80,19 @@ class SlotLayer(DynamicLayer):
         self._value_buf[:, :, start:end] = self._value_buf[:, :, : self.length].index_select(2, slots)
         self.keys, self.values = self._key_buf[:, :, :end], self._value_buf[:, :, :end]
 
+    def insert(self, start: int, order: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Re-inserts entries [b, kv_heads, m, head_dim] among the slots from `start` on: the new tail is
+        `cat(held[start:], new)[order]` (the caller's merge by position). Slots before `start` do not move."""
+        assert self._key_buf is not None and self._value_buf is not None
+        n, m = self.length, int(keys.shape[-2])
+        self._reserve(n + m)
+        for name, new in (("_key_buf", keys), ("_value_buf", values)):
+            buf: torch.Tensor = getattr(self, name)
+            # cat copies, so writing the merged tail over the buffer it was read from is safe.
+            tail = torch.cat([buf.narrow(2, start, n - start), new], dim=2).index_select(2, order)
+            buf.narrow(2, start, n + m - start).copy_(tail)
+        self.keys, self.values = self._key_buf.narrow(2, 0, n + m), self._value_buf.narrow(2, 0, n + m)
+
     def truncate(self, length: int) -> None:
         """Drops slots from `length` on (used to undo a forward that failed half-way)."""
         if self._key_buf is not None and self._value_buf is not None and length < self.length:
@@ -95,12 +110,14 @@ class SlotLayer(DynamicLayer):
 
 
 class SessionCache:
-    """The KV cache of one session, and which token at which RoPE position each slot holds."""
+    """The KV cache of one session, and which token at which RoPE position each slot holds; `cold` keeps what was
+    pruned while recall is on (engine/cold.py)."""
 
     def __init__(self, num_layers: int) -> None:
         self.layers = [SlotLayer() for _ in range(num_layers)]
         self.positions: list[int] = []
         self.token_ids: list[int] = []
+        self.cold = ColdTier()
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -114,6 +131,11 @@ class SessionCache:
     def next_position(self) -> int:
         """The RoPE position the next token takes: the largest held + 1 (gaps from pruning are kept)."""
         return self.positions[-1] + 1 if self.positions else 0
+
+    def check_order(self) -> None:
+        """Slot order must be position order: the attention function's causality by slot relies on it."""
+        if any(b <= a for a, b in zip(self.positions, self.positions[1:], strict=False)):
+            raise RuntimeError("the cache's positions are not ascending: causality by slot would be wrong")
 
     def truncate(self, length: int) -> None:
         for layer in self.layers:
@@ -136,5 +158,5 @@ class SessionCache:
         return evict, positions[len(kept) :], token_ids[len(kept) :]
 
     def clear(self) -> None:
-        """Forgets every slot (the buffers stay allocated for the rebuild that follows)."""
+        """Forgets every slot (the buffers stay allocated for the rebuild that follows); the cold tier stays."""
         self.truncate(0)
