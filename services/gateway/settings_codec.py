@@ -25,6 +25,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "max_context_tokens": (int,),
     "prune_mode": (str,),
     "prune_policy": (str,),
+    "recall": (bool,),
+    "recall_max_sentences": (int,),
     "max_new_tokens": (int,),
     "temperature": (int, float),
     "top_p": (int, float),

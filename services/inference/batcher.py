@@ -140,6 +140,8 @@ class Batcher:
         self, runnable: list[tuple[Conversation, BatchEntry]], outputs: list[StepOutput | None]
     ) -> None:
         sampled = [(c, out) for (c, _), out in zip(runnable, outputs, strict=True) if out is not None]
+        if any(out.probe is not None for _, out in sampled):
+            sampled = await self._recall(sampled)
         frames = [c.sample(out) for c, out in sampled]
         answers = await asyncio.gather(
             *(c.peer.step(frame) for (c, _), frame in zip(sampled, frames, strict=True)), return_exceptions=True
@@ -167,6 +169,22 @@ class Batcher:
                 self._fail(conversation, _as_error(outcome))
             elif not conversation.failing:
                 conversation.succeed()
+
+    async def _recall(self, sampled: list[tuple[Conversation, StepOutput]]) -> list[tuple[Conversation, StepOutput]]:
+        """Conversations whose prompt ended with a recall probe exchange it with the tracker (together); those that
+        got sentences back feed their prompt's last token again instead of sampling now."""
+        probing = [(c, out) for c, out in sampled if out.probe is not None]
+        outcomes = await asyncio.gather(
+            *(c.recall.exchange(c, out, self.thread) for c, out in probing), return_exceptions=True
+        )
+        again: set[int] = set()
+        for (conversation, _), outcome in zip(probing, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._fail(conversation, _as_error(outcome))
+                again.add(id(conversation))
+            elif outcome:
+                again.add(id(conversation))
+        return [(c, out) for c, out in sampled if id(c) not in again]
 
     @staticmethod
     def _apply(

@@ -71,6 +71,7 @@ LIMIT_VARIABLES = {
     "prefill_chunk_tokens": "HALOWEAVE_PREFILL_CHUNK_TOKENS",
     "max_step_tokens": "HALOWEAVE_MAX_STEP_TOKENS",
     "kv_budget_bytes": "HALOWEAVE_KV_BUDGET_BYTES",
+    "cold_budget_bytes": "HALOWEAVE_COLD_BUDGET_BYTES",
 }
 
 

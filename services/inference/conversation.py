@@ -4,7 +4,8 @@ A conversation holds its job's names, its own KV cache (own RoPE positions, gaps
 tracker's Generate stream), its sampling settings and capture mode, and `pending`: the tokens to feed next at their
 positions. After Open, pending is the part of the context the cache lacks (or the whole context, when only a rebuild
 can make the cache match); the scheduler feeds it in chunks. Whenever the last pending token has been fed, the forward
-gives this conversation's logits and attention row: it samples a token, sends the Frame, and the Directive that
+gives this conversation's logits and attention row (after the prompt, with recall on, first a recall probe:
+services/inference/recall.py): it samples a token, sends the Frame, and the Directive that
 answers says where that token goes (pending becomes that one token) and what to evict or rebuild first.
 """
 
@@ -28,7 +29,9 @@ from services.inference.engine import (
     stop_reached,
 )
 from services.inference.engine_thread import EngineThread
+from services.inference.recall import Recall
 from services.inference.reply import Peer
+from services.inference.scheduler import Limits
 
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "seed")
 
@@ -80,7 +83,15 @@ def sampling_params(settings: tracker_pb2.Settings, base: SamplingParams | None 
 
 
 class Conversation:
-    def __init__(self, engine: Engine, cache: SessionCache, peer: Peer, session_id: str, job_id: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cache: SessionCache,
+        peer: Peer,
+        session_id: str,
+        job_id: str,
+        cold_budget_bytes: int = Limits().cold_budget_bytes,
+    ) -> None:
         self.engine = engine
         self.cache = cache
         self.peer = peer
@@ -90,6 +101,7 @@ class Conversation:
         self.params = SamplingParams()
         self.sampler = Sampler(self.params)
         self.mode = "mean"
+        self.recall = Recall(engine, cold_budget_bytes)
         self.pending_ids: list[int] = []
         self.pending_positions: list[int] = []
         self.context_pending = 0  # how many of the pending tokens are context (prefill), not a sampled token
@@ -109,6 +121,7 @@ class Conversation:
     async def open(self, thread: EngineThread) -> None:
         opened = await self.peer.open()
         self._settings(opened.settings, first=True)
+        self.recall.opened(self.cache, opened)
         context = opened.context
         if not context.positions:
             raise FailedPrecondition("tracker sent an empty context")
@@ -116,7 +129,7 @@ class Conversation:
         plan = self.cache.sync_plan(positions, token_ids)
         if plan is not None and plan[1]:
             evict, suffix_positions, suffix_ids = plan
-            await thread.run(self.engine.evict, self.cache, evict)
+            await thread.run(self.engine.evict, self.cache, evict, self.recall.enabled)
             self._feed(suffix_ids, suffix_positions)
         else:
             # The cache cannot be brought there by evictions and a suffix (or holds all of it, and the last token's
@@ -130,6 +143,10 @@ class Conversation:
         """Context tokens to (re)fill the cache with, before any sampled token."""
         self.pending_ids, self.pending_positions = token_ids, positions
         self.context_pending = len(token_ids)
+
+    def refeed(self, token_ids: list[int], positions: list[int]) -> None:
+        """After recall: the prompt's last token (or, when re-insertion failed, the whole context) is fed again."""
+        self._feed(token_ids, positions)
 
     # ---- what the scheduler asks ---------------------------------------------------------------------------------
 
@@ -150,7 +167,8 @@ class Conversation:
         self.last_prefill = min(n, self.context_pending)
         self.context_pending -= self.last_prefill
         last = not self.pending_ids
-        return BatchEntry(self.cache, ids, positions, capture=self.mode if last else None, logits=last)
+        probe = last and self.step == 0 and self.recall.wants_probe(self.cache)
+        return BatchEntry(self.cache, ids, positions, capture=self.mode if last else None, logits=last, probe=probe)
 
     # ---- one step's postprocessing -----------------------------------------------------------------------------------
 
@@ -188,11 +206,14 @@ class Conversation:
             pairs = [
                 (p, t) for p, t in zip(context.positions, context.token_ids, strict=True) if p < directive.position
             ]
+            if self.recall.enabled:  # what the rebuild leaves out is pruned: it goes cold first
+                kept = {p for p, _ in pairs}
+                self.engine.evict(self.cache, [p for p in self.cache.positions if p not in kept], cold=True)
             self.cache.clear()  # rebuilt in chunks, like a prompt, while the other conversations keep decoding
             self._feed([t for _, t in pairs], [p for p, _ in pairs])
         elif directive.evict_positions:
             try:
-                self.engine.evict(self.cache, list(directive.evict_positions))
+                self.engine.evict(self.cache, list(directive.evict_positions), cold=self.recall.enabled)
             except ValueError as error:
                 raise InvalidArgument(f"prune directive: {error}") from None
         if finished:
@@ -216,6 +237,8 @@ class Conversation:
             self.sampler = Sampler(self.params)  # a new seed or temperature applies from the next token
         if settings.HasField("aggregation"):
             self.mode = settings.aggregation
+        if settings.HasField("recall"):
+            self.recall.enabled = settings.recall
 
     def _finished(self, directive: tracker_pb2.Directive) -> str:
         if directive.cancel:

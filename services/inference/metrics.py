@@ -77,6 +77,7 @@ class WorkerStats:
     restores: int = 0
     sessions: int = 0
     kv_bytes: int = 0
+    cold_bytes: int = 0  # host bytes of the sessions' cold tiers (pruned KV kept for recall)
     running: int = 0  # conversations in the batch
     waiting: int = 0  # opened replies queued for a place in the batch
     kv_reserved_bytes: int = 0  # KV bytes the running conversations may reach
@@ -104,6 +105,7 @@ class WorkerStats:
             "restores": self.restores,
             "sessions": self.sessions,
             "kv_bytes": self.kv_bytes,
+            "cold_bytes": self.cold_bytes,
             "running": self.running,
             "waiting": self.waiting,
             "kv_reserved_bytes": self.kv_reserved_bytes,
@@ -192,6 +194,11 @@ class StatsCollector(Collector):
         )
         yield GaugeMetricFamily(
             PREFIX + "kv_cache_bytes", "Bytes of KV cache held by the workers.", value=sum(s["kv_bytes"] for s in live)
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "cold_tier_bytes",
+            "Host bytes of pruned keys and values the workers keep for recall.",
+            value=sum(s.get("cold_bytes", 0) for s in live),
         )
         yield GaugeMetricFamily(
             PREFIX + "running_conversations",

@@ -1,7 +1,8 @@
 """The tracker's side of one reply, as the worker sees it: the Generate stream of protos/haloweave/tracker/v1.
 
-Open → Opened (settings + active context) → per step a Frame (the sampled token and its attention row) answered by a
-Directive (the token's position, evictions or a reprefill, new settings, cancel) → Finish or Fail → Closed.
+Open → Opened (settings + active context) → (recall on, once) RecallProbe → Recalled → per step a Frame (the sampled
+token and its attention row) answered by a Directive (the token's position, evictions or a reprefill, new settings,
+cancel) → Finish or Fail → Closed.
 
 `TrackerPeer` speaks it over gRPC; `LocalPeer` answers the same messages in-process (a fixed context, no pruning),
 for tests and benchmarks that drive the engine without a tracker. A `Conversation` talks to either.
@@ -25,6 +26,8 @@ class Peer(Protocol):
     async def open(self) -> tracker_pb2.Opened: ...
 
     async def step(self, frame: tracker_pb2.Frame) -> tracker_pb2.Directive: ...
+
+    async def recall(self, probe: tracker_pb2.RecallProbe) -> tracker_pb2.Recalled: ...
 
     async def finish(self, finish: tracker_pb2.Finish) -> None: ...
 
@@ -55,6 +58,13 @@ class TrackerPeer:
         if not reply.HasField("directive"):
             raise FailedPrecondition(f"tracker answered a Frame with {reply.WhichOneof('kind')}")
         return reply.directive
+
+    async def recall(self, probe: tracker_pb2.RecallProbe) -> tracker_pb2.Recalled:
+        await self._stream.send(tracker_pb2.GenerateRequest(recall=probe))
+        reply = await self._stream.recv()
+        if not reply.HasField("recalled"):
+            raise FailedPrecondition(f"tracker answered a RecallProbe with {reply.WhichOneof('kind')}")
+        return reply.recalled
 
     async def finish(self, finish: tracker_pb2.Finish) -> None:
         await self._stream.send(tracker_pb2.GenerateRequest(finish=finish))
@@ -131,6 +141,9 @@ class LocalPeer:
         if frame.step in self.changes:
             directive.settings.CopyFrom(self.changes[frame.step])
         return directive
+
+    async def recall(self, probe: tracker_pb2.RecallProbe) -> tracker_pb2.Recalled:
+        return tracker_pb2.Recalled()  # nothing is ever pruned here, so nothing comes back
 
     async def finish(self, finish: tracker_pb2.Finish) -> None:
         self.finished = finish

@@ -36,12 +36,17 @@ class Limits:
     # KV bytes of one worker: what its running conversations may reach together, and what it holds between turns
     # before offloading the least recently used sessions.
     kv_budget_bytes: int = 2 * 1024**3
+    # Host bytes of the cold tiers (pruned KV kept for recall) of all the worker's sessions; the oldest chunks of the
+    # least recently used sessions are dropped beyond it.
+    cold_budget_bytes: int = 1024**3
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError(f"max_running: must be at least 1, got {self.max_running}")
         if self.kv_budget_bytes < 0:
             raise ValueError(f"kv_budget_bytes: must not be negative, got {self.kv_budget_bytes}")
+        if self.cold_budget_bytes < 0:
+            raise ValueError(f"cold_budget_bytes: must not be negative, got {self.cold_budget_bytes}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting: must not be negative, got {self.max_waiting}")
         if self.prefill_chunk_tokens < 1:

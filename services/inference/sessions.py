@@ -63,3 +63,7 @@ class SessionTable(Generic[C]):
 
     def sessions(self) -> list[str]:
         return list(self._caches)
+
+    def caches(self) -> list[C]:
+        """Every cache, least recently used first, without touching the order."""
+        return list(self._caches.values())

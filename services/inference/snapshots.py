@@ -1,8 +1,9 @@
 """Saving and restoring a session's KV cache through the snapshot service (docs/architecture.md "Snapshots").
 
-A user snapshot holds the tracker's exported dictionary and a cache that is exactly its active tokens, so a restore
-continues the conversation as if it had never been saved. An offload snapshot (the memory budget letting a session go)
-holds the cache as it was; on the way back it is only re-installed and then synced with the tracker like any cache.
+A user snapshot holds the tracker's exported dictionary and a cache that is exactly its active tokens (plus, with
+recall, the cold tier of pruned ones), so a restore continues the conversation as if it had never been saved. An
+offload snapshot (the memory budget letting a session go) holds the cache as it was, cold tier included; on the way
+back it is only re-installed and then synced with the tracker like any cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ DEFAULT_OBFUSCATION = ("rotate_heads", "xor_mask", "remap_ids")
 def active(state: tracker_pb2.ExportResponse) -> tuple[list[int], list[int]]:
     tokens = sorted((t for t in state.tokens if not t.deleted), key=lambda t: t.position)
     return [int(t.position) for t in tokens], [int(t.token_id) for t in tokens]
+
+
+def deleted(state: tracker_pb2.ExportResponse) -> dict[int, int]:
+    return {int(t.position): int(t.token_id) for t in state.tokens if t.deleted}
 
 
 class Snapshots:
@@ -68,18 +73,18 @@ class Snapshots:
         Returns the snapshot's info and its token count."""
         state = await self.tracker.export(session_id)
         positions, token_ids = active(state)
-        await self.thread.run(self._settle, cache, positions, token_ids)
+        await self.thread.run(self._settle, cache, positions, token_ids, state.settings.recall)
         arrays = await self.thread.run(self.engine.export_cache, cache)
         info = await self.client.save(self._header(session_id, state), tensor_chunks.to_chunks(arrays))
         return info, len(positions)
 
-    def _settle(self, cache: SessionCache, positions: list[int], token_ids: list[int]) -> None:
+    def _settle(self, cache: SessionCache, positions: list[int], token_ids: list[int], recall: bool) -> None:
         plan = cache.sync_plan(positions, token_ids)
         if plan is None:
             self.engine.rebuild(cache, token_ids, positions)
             return
         evict, suffix_positions, suffix_ids = plan
-        self.engine.evict(cache, evict)
+        self.engine.evict(cache, evict, cold=recall)
         if suffix_ids:
             self.engine.prefill(cache, suffix_ids, suffix_positions, capture=None)
 
@@ -96,6 +101,10 @@ class Snapshots:
         positions, token_ids = active(state)
         if cache.positions != positions or cache.token_ids != token_ids:
             raise DataLoss(f"snapshot {snapshot_id}: the KV cache does not match the saved dictionary")
+        gone = deleted(state)
+        cold = cache.cold.all()
+        if cold is not None and any(gone.get(p) != t for p, t in zip(cold.positions, cold.token_ids, strict=True)):
+            raise DataLoss(f"snapshot {snapshot_id}: its cold tier holds tokens the saved dictionary did not prune")
         await self.tracker.restore_state(session_id, state)
         return cache, len(positions)
 

@@ -191,6 +191,7 @@ class Worker:
         self.stats.job(job.type, outcome)
         # Before completing: a completed job means the worker is done with it, its memory budget settled too.
         await self._fit_budget(just_used=job.session_id)
+        self._fit_cold_budget()
         self._gauges()
         first = await self.queue.complete(job, outcome, job_events)
         took = time.monotonic() - started
@@ -250,7 +251,9 @@ class Worker:
     async def _generate(self, job: Job) -> tuple[str, Events]:
         cache = await self._cache_for(job.session_id)
         peer = TrackerPeer(self.tracker, job.session_id, job.job_id)
-        reply = Conversation(self.engine, cache, peer, job.session_id, job.job_id)
+        reply = Conversation(
+            self.engine, cache, peer, job.session_id, job.job_id, self.settings.limits.cold_budget_bytes
+        )
         self._replies[job.job_id] = reply
         self.last_reply = reply.stats
         try:
@@ -324,9 +327,20 @@ class Worker:
             self.stats.offloads += 1
             log.info("%s: session %s offloaded to %s", self.worker_id, session_id, snapshot_id)
 
+    def _fit_cold_budget(self) -> None:
+        """The cold tiers share one host budget: beyond it the oldest chunks of the least recently used sessions go
+        (they can still be recomputed from the dictionary if the tracker recalls them)."""
+        caches = self.sessions.caches()
+        over = sum(cache.cold.nbytes for cache in caches) - self.settings.limits.cold_budget_bytes
+        for cache in caches:
+            if over <= 0:
+                break
+            over -= cache.cold.shed(over)
+
     def _gauges(self) -> None:
         self.stats.sessions = len(self.sessions)
         self.stats.kv_bytes = self.sessions.total_bytes
+        self.stats.cold_bytes = sum(cache.cold.nbytes for cache in self.sessions.caches())
 
 
 def _error(job: Job, code: str, message: str) -> tuple[str, dict[str, Any]]:

@@ -238,3 +238,55 @@ def test_a_4k_token_transcript_is_updated_in_place(stack: Stack, browser: object
         page.screenshot(path=str(SHOTS / "07-4k-tokens.png"))
     finally:
         context.close()
+
+
+def test_recall_is_a_setting_and_a_recalled_sentence_comes_back_in_the_transcript(
+    stack: Stack, browser: object
+) -> None:
+    """The recall checkbox reaches the session; a `recalled` frame un-prunes its spans with the reverse animation,
+    gives them their new scores and puts them back in the meters."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})  # type: ignore[attr-defined]
+    page = context.new_page()
+    try:
+        page.goto(stack.gateway_url)
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Connected: ')")
+        page.click("#btn-settings")
+        page.check("#set-recall")
+        session = page.evaluate("() => window.haloweave.client.session")
+        headers = {"Authorization": f"Bearer {session['token']}"}
+        settings_url = f"{stack.gateway_url}/v1/sessions/{session['session_id']}/settings"
+        for _ in range(100):
+            if httpx.get(settings_url, headers=headers, timeout=10).json()["recall"] is True:
+                break
+            page.wait_for_timeout(100)  # polling the server for the change, not a timed assertion
+        assert httpx.get(settings_url, headers=headers, timeout=10).json()["recall"] is True
+        page.evaluate(
+            """() => {
+                const c = window.haloweave.client;
+                for (let i = 0; i < 24; i++) {
+                    c.onFrame({type: 'token', event_id: 0, position: 200000 + i, token: i % 12 === 11 ? '.' : ' word',
+                               token_id: 1, role: 'user', turn_id: 998, sentence_id: Math.floor(i / 12), score: 0});
+                }
+                const positions = [...Array(12).keys()].map((i) => 200000 + i);
+                c.onFrame({type: 'pruned', event_id: 0, positions, turn_id: 998, sentence_id: 0});
+            }"""
+        )
+        page.wait_for_function("() => document.querySelectorAll('.turn[data-turn=\"998\"] .tok.faded').length === 12")
+        pruned_before = page.evaluate("() => window.haloweave.transcript.pruned")
+        page.evaluate(
+            """() => {
+                const positions = [...Array(12).keys()].map((i) => 200000 + i);
+                window.haloweave.client.onFrame({type: 'recalled', event_id: 0, positions, turn_id: 998,
+                                                 sentence_id: 0, scores: positions.map(() => 0.5)});
+            }"""
+        )
+        assert page.evaluate("() => document.querySelectorAll('.turn[data-turn=\"998\"] .tok.recalled').length") == 12
+        page.screenshot(path=str(SHOTS / "08-recalled.png"))
+        # The animation ends on the token's own style: nothing pruned or faded is left.
+        page.wait_for_function("() => document.querySelectorAll('.turn[data-turn=\"998\"] .tok.recalled').length === 0")
+        assert page.evaluate("() => document.querySelectorAll('.turn[data-turn=\"998\"] .tok.pruned').length") == 0
+        assert page.evaluate("() => window.haloweave.transcript.pruned") == pruned_before - 12
+        score = page.evaluate("() => window.haloweave.transcript.tokens.get(200003).score")
+        assert score == 0.5
+    finally:
+        context.close()

@@ -115,3 +115,21 @@ def test_recompute_gives_keys_close_to_the_pruned_ones(engine: Engine) -> None:
     assert again.recomputed and again.positions == sentence
     # Tokens 0..9 are all there, so the recomputation sees exactly the context they were first computed in.
     torch.testing.assert_close(again.kv, original.kv, atol=1e-4, rtol=1e-4)
+
+
+def test_export_and_import_carry_the_cold_tier_bit_for_bit(engine: Engine) -> None:
+    cache, _ = filled(engine)
+    engine.evict(cache, list(range(10, 17)), cold=True)
+    engine.evict(cache, [3, 4], cold=True)
+    arrays = engine.export_cache(cache)
+    assert arrays["cold.position_ids"].tolist() == [[3, 4, *range(10, 17)]]
+    back = engine.import_cache(arrays)
+    original, restored = cache.cold.all(), back.cold.all()
+    assert original is not None and restored is not None
+    assert restored.positions == original.positions and restored.token_ids == original.token_ids
+    assert torch.equal(restored.kv, original.kv)
+    # A cold position that is also hot is refused, like any inconsistent snapshot.
+    arrays["cold.position_ids"] = arrays["cold.position_ids"].copy()
+    arrays["cold.position_ids"][0, 0] = 0
+    with pytest.raises(EngineInputError, match="also in the cache"):
+        engine.import_cache(arrays)

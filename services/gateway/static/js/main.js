@@ -89,6 +89,9 @@ const handlers = {
   pruned(frame) {
     transcript.prune(frame.positions);
   },
+  recalled(frame) {
+    transcript.recall(frame.positions, frame.scores);
+  },
   attention(frame) {
     heads.show(frame);
   },

@@ -27,6 +27,8 @@ const GROUPS = [
     ["max_context_tokens", "Token budget (0 = off)", "int", { min: 0, step: 16 }],
     ["prune_policy", "Policy", "select", ["brightness", "recency", "random", "h2o", "tova"]],
     ["prune_mode", "Eviction", "select", ["in_place", "reprefill"]],
+    ["recall", "Recall pruned sentences", "bool", {}],
+    ["recall_max_sentences", "Recall at most (sentences)", "int", { min: 1, max: 64, step: 1 }],
   ]],
 ];
 
@@ -64,6 +66,9 @@ export class SettingsPanel {
         if (kind === "select") {
           input = document.createElement("select");
           for (const option of spec) input.add(new Option(option.replace("_", " "), option));
+        } else if (kind === "bool") {
+          input = document.createElement("input");
+          input.type = "checkbox";
         } else {
           input = document.createElement("input");
           input.type = kind === "list" ? "text" : "number";
@@ -83,6 +88,7 @@ export class SettingsPanel {
 
   read(input) {
     const kind = input.dataset.kind;
+    if (kind === "bool") return input.checked;
     const raw = input.value.trim();
     if (kind === "select") return raw;
     if (kind === "list") return raw ? raw.split(",").map((s) => s.trim()).filter(Boolean) : [];
@@ -113,7 +119,8 @@ export class SettingsPanel {
     for (const [name, input] of this.inputs) {
       if (!(name in settings)) continue;
       const value = settings[name];
-      input.value = Array.isArray(value) ? value.join(", ") : String(value);
+      if (input.dataset.kind === "bool") input.checked = !!value;
+      else input.value = Array.isArray(value) ? value.join(", ") : String(value);
       input.removeAttribute("aria-invalid");
     }
   }

@@ -142,6 +142,26 @@ export class Transcript {
     this.onChange();
   }
 
+  // The reverse of `prune`: a recalled sentence lights up and comes back, with the score the tracker gave it.
+  recall(positions, scores) {
+    positions.forEach((position, i) => {
+      const record = this.tokens.get(position);
+      if (!record || !record.deleted) return;
+      record.deleted = false;
+      this.active++;
+      this.pruned--;
+      const span = record.span;
+      span.classList.remove("pruned", "faded");
+      span.classList.add("recalled");
+      span.addEventListener("animationend", () => span.classList.remove("recalled"), { once: true });
+      if (scores && i < scores.length) {
+        record.score = scores[i];
+        this.setScore(span, record.score);
+      }
+    });
+    this.normalise();
+  }
+
   scrollToEnd() {
     const root = this.root;
     if (root.scrollHeight - root.scrollTop - root.clientHeight < 160) root.scrollTop = root.scrollHeight;
