@@ -5,9 +5,18 @@ name is taken. Inside it:
 
     input_ids.npy  attention_mask.npy  position_ids.npy
     past_key_values/{i}_key.npy  past_key_values/{i}_value.npy
+    cold/input_ids.npy  cold/position_ids.npy    optional, all or none: the keys and values of pruned tokens kept
+    cold/past_key_values/{i}_key.npy             for recall (the cold tier), at their own RoPE positions
+    cold/past_key_values/{i}_value.npy
     metadata/config.txt  metadata/symbolic_map.npy  metadata/obfchain.txt  metadata/keylog.txt
     metadata/tracker_state.bin
     manifest.json          written last: a snapshot without it is incomplete and never listed or loaded
+
+The hot tensors are `input_ids`, `attention_mask`, `position_ids` (int64 [1, tokens]) and `layer.{i}.key|value`
+([batch, kv_heads, tokens, head_dim]). The cold tier, when a snapshot has one, is `cold.input_ids` and
+`cold.position_ids` (int64 [1, C]) and `cold.layer.{i}.key|value` ([1, kv_heads, C, head_dim]) for every layer, C
+independent of the hot token count and possibly 0. A snapshot holds all of its 2 + 2 * num_layers cold tensors or none;
+snapshots without a cold tier read as they always have (an older reader refuses one with a cold tier as incomplete).
 
 Every file but the manifest is stored encrypted; the manifest is the plaintext envelope that lists each file's sha256
 and size and carries the wrapped data key (never the key itself).
@@ -34,8 +43,10 @@ KEYLOG = "metadata/keylog.txt"
 TRACKER_STATE = "metadata/tracker_state.bin"
 
 FIXED_TENSORS = ("input_ids", "attention_mask", "position_ids")
-_LAYER_NAME = re.compile(r"^layer\.(0|[1-9][0-9]*)\.(key|value)$")
-_LAYER_FILE = re.compile(r"^past_key_values/(0|[1-9][0-9]*)_(key|value)\.npy$")
+COLD = "cold."  # the prefix of every cold-tier tensor name; its files live under cold/
+COLD_FIXED_TENSORS = ("cold.input_ids", "cold.position_ids")
+_LAYER_NAME = re.compile(r"^(cold\.)?layer\.(0|[1-9][0-9]*)\.(key|value)$")
+_LAYER_FILE = re.compile(r"^(cold/)?past_key_values/(0|[1-9][0-9]*)_(key|value)\.npy$")
 _ID = re.compile(
     r"^m(1[0-2]|[1-9])d(3[01]|[12][0-9]|[1-9])x(2[0-3]|1[0-9]|[0-9])x([1-5]?[0-9])x([1-5]?[0-9])(_([2-9]|[1-9][0-9]+))?$"
 )
@@ -67,39 +78,56 @@ def is_snapshot_id(name: str) -> bool:
 
 
 def layer_of(name: str) -> tuple[int, str] | None:
-    """`layer.3.key` → (3, "key"); None for the fixed tensors."""
+    """`layer.3.key` and `cold.layer.3.key` → (3, "key"); None for the fixed tensors."""
     match = _LAYER_NAME.match(name)
-    return (int(match.group(1)), match.group(2)) if match else None
+    return (int(match.group(2)), match.group(3)) if match else None
+
+
+def is_cold(name: str) -> bool:
+    """Whether a tensor name belongs to the cold tier."""
+    return name.startswith(COLD)
 
 
 def tensor_file(name: str) -> str:
-    """The file that holds a tensor: `input_ids` → `input_ids.npy`, `layer.3.key` → `past_key_values/3_key.npy`."""
-    if name in FIXED_TENSORS:
-        return f"{name}.npy"
+    """The file that holds a tensor: `input_ids` → `input_ids.npy`, `layer.3.key` → `past_key_values/3_key.npy`,
+    `cold.input_ids` → `cold/input_ids.npy`, `cold.layer.3.key` → `cold/past_key_values/3_key.npy`."""
+    if name in FIXED_TENSORS or name in COLD_FIXED_TENSORS:
+        return f"{name.replace('.', '/')}.npy"
     layer = layer_of(name)
     if layer is None:
         raise InvalidArgument(
-            f"unknown tensor name {name!r}: expected input_ids, attention_mask, position_ids or layer.<i>.key|value"
+            f"unknown tensor name {name!r}: expected input_ids, attention_mask, position_ids, layer.<i>.key|value,"
+            " or cold.input_ids, cold.position_ids, cold.layer.<i>.key|value"
         )
-    return f"past_key_values/{layer[0]}_{layer[1]}.npy"
+    return f"{'cold/' if is_cold(name) else ''}past_key_values/{layer[0]}_{layer[1]}.npy"
 
 
 def tensor_name(path: str) -> str:
     """The inverse of tensor_file."""
-    for name in FIXED_TENSORS:
-        if path == f"{name}.npy":
+    for name in (*FIXED_TENSORS, *COLD_FIXED_TENSORS):
+        if path == f"{name.replace('.', '/')}.npy":
             return name
     match = _LAYER_FILE.match(path)
     if not match:
         raise ValueError(f"{path!r} is not a tensor file")
-    return f"layer.{match.group(1)}.{match.group(2)}"
+    return f"{COLD if match.group(1) else ''}layer.{match.group(2)}.{match.group(3)}"
 
 
-def tensor_names(num_layers: int) -> list[str]:
-    """Every tensor a complete snapshot holds, in the order Load streams them."""
+def tensor_names(num_layers: int, cold: bool = False) -> list[str]:
+    """Every tensor a complete snapshot holds, in the order Load streams them: the hot tensors, then (`cold=True`,
+    for a snapshot with a cold tier) `cold_tensor_names`."""
     names = list(FIXED_TENSORS)
     for i in range(num_layers):
         names += [f"layer.{i}.key", f"layer.{i}.value"]
+    return names + cold_tensor_names(num_layers) if cold else names
+
+
+def cold_tensor_names(num_layers: int) -> list[str]:
+    """The cold tier's tensors, in the order Load streams them (after the hot ones): `cold.input_ids`,
+    `cold.position_ids`, then `cold.layer.{i}.key`, `cold.layer.{i}.value` for each layer i."""
+    names = list(COLD_FIXED_TENSORS)
+    for i in range(num_layers):
+        names += [f"{COLD}layer.{i}.key", f"{COLD}layer.{i}.value"]
     return names
 
 

@@ -4,12 +4,16 @@ This is not security (authenticated encryption is, see crypto.py): it makes the 
 does not know the chain, and it is bit-exact to undo. Steps, in any order and any number of times:
 
 - `rotate_heads`: permutes the KV heads (axis 1) of every layer tensor; one permutation per layer, shared by its key and
-  value, so a layer's heads stay paired.
-- `xor_mask`: XORs the raw bytes of every tensor but `input_ids` with a mask drawn from the step's seed and the
-  tensor's name. The 64 KiB mask repeats over the tensor; done in place with numpy it costs little next to
-  encryption. `input_ids` are left to `remap_ids`, so that a remap after a mask still sees token ids.
+  value, so a layer's heads stay paired. A cold-tier layer (`cold.layer.{i}.key|value`) gets the permutation of hot
+  layer i.
+- `xor_mask`: XORs the raw bytes of every tensor but `input_ids` (so the cold tier's, `cold.input_ids` included) with a
+  mask drawn from the step's seed and the tensor's name, so that no two tensors share a mask. The 64 KiB mask repeats
+  over the tensor; done in place with numpy it costs little next to encryption. `input_ids` are left to `remap_ids`,
+  so that a remap after a mask still sees token ids.
 - `remap_ids`: replaces every token id in `input_ids` by its image under a seeded permutation of [0, max id]; the
-  permutations are kept, one row per step, in `metadata/symbolic_map.npy`.
+  permutations are kept, one row per step, in `metadata/symbolic_map.npy`. Only the hot `input_ids`: the permutation
+  is built from them (its range is their largest id, fixed when they arrive), so a pruned token's id in
+  `cold.input_ids` may lie outside it, or arrive before it exists; `xor_mask` covers those ids instead.
 
 Each step works on one tensor at a time, so a save transforms each tensor as it arrives; the chain is logged, in order,
 in `metadata/obfchain.txt` and undone in reverse on load.

@@ -57,7 +57,8 @@ class SaveSession:
             encrypted=master is not None,
             key={},
         )
-        self._layer_dims: tuple[int, int] | None = None  # (batch, tokens), shared by every layer tensor
+        self._layer_dims: tuple[int, int] | None = None  # (batch, tokens), shared by every hot layer tensor
+        self._cold_tokens: tuple[int, str] | None = None  # (C, the tensor that set it), shared by every cold tensor
 
     @property
     def bytes_written(self) -> int:
@@ -89,6 +90,8 @@ class SaveSession:
             raise InvalidArgument(f"{name}: shape {list(dims)} of {dtype} needs {expected} bytes, got {len(data)}")
         if layer is not None:
             self._check_layer(name, dtype, dims)
+        elif layout.is_cold(name):
+            self._check_cold_ids(name, np_dtype, dims)
         array = np.frombuffer(data, dtype=np_dtype).reshape(dims)
         self._store(path, [memoryview(npy_header(array)), *self.chain.apply_parts(name, array)])
         self.manifest.tensors[name] = layout.TensorEntry(dtype, list(dims))
@@ -100,12 +103,43 @@ class SaveSession:
             raise InvalidArgument(f"{name} is {dtype}, but the header says the cache is {self.header.dtype}")
         if len(dims) != 4:
             raise InvalidArgument(f"{name}: a layer tensor is (batch, kv_heads, tokens, head_dim), got {list(dims)}")
-        batch_tokens = (dims[0], dims[2])
-        if self._layer_dims is None:
-            self._layer_dims = batch_tokens
-        elif self._layer_dims != batch_tokens:
+        if layout.is_cold(name):
+            if dims[0] != 1:
+                raise InvalidArgument(f"{name}: a cold layer tensor has batch 1, got {list(dims)}")
+            self._check_cold_tokens(name, dims[2])
+            counterpart = name.removeprefix(layout.COLD)
+        else:
+            batch_tokens = (dims[0], dims[2])
+            if self._layer_dims is None:
+                self._layer_dims = batch_tokens
+            elif self._layer_dims != batch_tokens:
+                raise InvalidArgument(
+                    f"{name}: (batch, tokens) {batch_tokens} differs from the other layers' {self._layer_dims}"
+                )
+            counterpart = layout.COLD + name
+        # A cold layer and the hot layer of its index share heads and head size (and so one head rotation).
+        other = self.manifest.tensors.get(counterpart)
+        if other is not None and (other.shape[1], other.shape[3]) != (dims[1], dims[3]):
             raise InvalidArgument(
-                f"{name}: (batch, tokens) {batch_tokens} differs from the other layers' {self._layer_dims}"
+                f"{name}: (kv_heads, head_dim) {(dims[1], dims[3])} differs from {counterpart}'s"
+                f" {(other.shape[1], other.shape[3])}"
+            )
+
+    def _check_cold_ids(self, name: str, np_dtype: np.dtype, dims: tuple[int, ...]) -> None:
+        if np_dtype != np.dtype(np.int64):
+            raise InvalidArgument(f"{name} is {np_dtype.str}, expected int64")
+        if len(dims) != 2 or dims[0] != 1:
+            raise InvalidArgument(f"{name}: expected shape [1, cold tokens], got {list(dims)}")
+        self._check_cold_tokens(name, dims[1])
+
+    def _check_cold_tokens(self, name: str, tokens: int) -> None:
+        """Every cold tensor holds the same C tokens (independent of the hot tokens; 0 is allowed)."""
+        if self._cold_tokens is None:
+            self._cold_tokens = (tokens, name)
+        elif self._cold_tokens[0] != tokens:
+            raise InvalidArgument(
+                f"{name}: {tokens} cold tokens, but {self._cold_tokens[1]} has {self._cold_tokens[0]}"
+                " (every cold tensor holds the same tokens)"
             )
 
     def _store(self, path: str, parts: Sequence[memoryview]) -> None:
@@ -140,8 +174,14 @@ class SaveSession:
     def _finish(self) -> Info:
         missing = [n for n in layout.tensor_names(self.header.num_layers) if n not in self.manifest.tensors]
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise InvalidArgument(f"snapshot incomplete: missing {shown}")
+            raise InvalidArgument(f"snapshot incomplete: missing {_shown(missing)}")
+        cold = layout.cold_tensor_names(self.header.num_layers)
+        missing_cold = [n for n in cold if n not in self.manifest.tensors]
+        if missing_cold and len(missing_cold) < len(cold):
+            raise InvalidArgument(
+                f"snapshot incomplete: the cold tier is all of its {len(cold)} tensors or none; missing"
+                f" {_shown(missing_cold)}"
+            )
         header = self.header
         config = layout.Config(
             model=header.model,
@@ -206,3 +246,7 @@ class SaveSession:
         self._pending.clear()
         self._writer.shutdown(wait=False)
         self._on_close(self.snapshot_id)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

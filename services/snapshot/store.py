@@ -6,7 +6,8 @@ that crashes leaves a folder without one, which `collect_garbage` removes once i
 
 Load checks everything before returning anything: the manifest's MAC, the owner, the format version, model, dtype
 and tokenizer fingerprint, then every file's size and every segment's GCM tag (the sha256 for plaintext stores).
-Only then are the tensors returned, so a caller never sees part of a bad snapshot.
+Only then are the tensors returned, so a caller never sees part of a bad snapshot. They come in `layout.tensor_names`
+order: the hot tensors, then the cold tier's when the snapshot has one (all of it: a partial cold tier is DataLoss).
 """
 
 from __future__ import annotations
@@ -146,10 +147,22 @@ class SnapshotStore:
         ):
             raise DataLoss(f"snapshot {snapshot_id}: config.txt disagrees with the manifest")
         _check_compatible(config, model, dtype, tokenizer_fingerprint)
-        names = layout.tensor_names(config.num_layers)
+        # The cold tier is optional but whole: any of its tensors or files listed means all of them must be.
+        cold = layout.cold_tensor_names(config.num_layers)
+        has_cold = any(n in manifest.tensors or layout.tensor_file(n) in manifest.files for n in cold)
+        names = layout.tensor_names(config.num_layers, cold=has_cold)
         expected = {*_METADATA, *(layout.tensor_file(n) for n in names)}
         if set(manifest.files) != expected or set(manifest.tensors) != set(names):
-            raise DataLoss(f"snapshot {snapshot_id}: the manifest does not list the files of a complete snapshot")
+            missing = sorted((expected - set(manifest.files)) | (set(names) - set(manifest.tensors)))
+            unexpected = sorted((set(manifest.files) - expected) | (set(manifest.tensors) - set(names)))
+            detail = "; ".join(
+                f"{what} {', '.join(items[:5])}{f' and {len(items) - 5} more' if len(items) > 5 else ''}"
+                for what, items in (("missing", missing), ("unexpected", unexpected))
+                if items
+            )
+            raise DataLoss(
+                f"snapshot {snapshot_id}: the manifest does not list the files of a complete snapshot ({detail})"
+            )
         symbolic_map = from_npy(self._read_file(manifest, key, layout.SYMBOLIC_MAP), layout.SYMBOLIC_MAP)
         chain = Chain.from_text(self._read_file(manifest, key, layout.OBFCHAIN).decode(errors="replace"), symbolic_map)
         tracker_state = bytes(self._read_file(manifest, key, layout.TRACKER_STATE))

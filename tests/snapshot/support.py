@@ -23,9 +23,17 @@ FINGERPRINT = "0123456789abcdef"
 
 
 def make_cache(
-    layers: int = 2, heads: int = 3, tokens: int = 12, head_dim: int = 8, seed: int = 0, dtype: str = "<f4"
+    layers: int = 2,
+    heads: int = 3,
+    tokens: int = 12,
+    head_dim: int = 8,
+    seed: int = 0,
+    dtype: str = "<f4",
+    cold: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Random tensors of every name a snapshot holds; the floats carry arbitrary bit patterns, NaNs included."""
+    """Random tensors of every name a snapshot holds; the floats carry arbitrary bit patterns, NaNs included.
+
+    `cold=C` adds a cold tier of C tokens (after the hot tensors, which stay those of `cold=None`)."""
     rng = np.random.default_rng(seed)
     cache: dict[str, np.ndarray] = {
         "input_ids": rng.integers(0, 49152, (1, tokens), dtype=np.int64),
@@ -37,7 +45,29 @@ def make_cache(
         for kind in ("key", "value"):
             raw = rng.integers(0, 256, heads * tokens * head_dim * itemsize, dtype=np.uint8)
             cache[f"layer.{i}.{kind}"] = raw.view(dtype).reshape(1, heads, tokens, head_dim)
+    if cold is not None:
+        cache.update(make_cold(layers, heads, cold, head_dim, seed + 1, dtype))
     return cache
+
+
+def make_cold(
+    layers: int = 2, heads: int = 3, tokens: int = 5, head_dim: int = 8, seed: int = 1, dtype: str = "<f4"
+) -> dict[str, np.ndarray]:
+    """A cold tier of `tokens` pruned tokens: ids, their own (sparse) positions, and every layer's keys and values."""
+    rng = np.random.default_rng(seed)
+    cold: dict[str, np.ndarray] = {
+        # Ids beyond what the hot input_ids (and so remap_ids' permutation) span: the last one is always 65535.
+        "cold.input_ids": rng.integers(0, 65536, (1, tokens), dtype=np.int64),
+        "cold.position_ids": np.sort(rng.choice(8 * tokens + 1, tokens, replace=False)).astype(np.int64)[None],
+    }
+    if tokens:
+        cold["cold.input_ids"][0, -1] = 65535
+    itemsize = np.dtype(dtype).itemsize
+    for i in range(layers):
+        for kind in ("key", "value"):
+            raw = rng.integers(0, 256, heads * tokens * head_dim * itemsize, dtype=np.uint8)
+            cold[f"cold.layer.{i}.{kind}"] = raw.view(dtype).reshape(1, heads, tokens, head_dim)
+    return cold
 
 
 def header(layers: int = 2, session_id: str = "s-owner", obfuscation: list[str] | None = None, **kw: object) -> Header:

@@ -39,6 +39,37 @@ def test_tensor_files_follow_the_layout_and_round_trip() -> None:
             layout.tensor_file(bad)
 
 
+def test_cold_tier_files_follow_the_layout_and_stream_after_the_hot_tensors() -> None:
+    assert layout.tensor_file("cold.input_ids") == "cold/input_ids.npy"
+    assert layout.tensor_file("cold.position_ids") == "cold/position_ids.npy"
+    assert layout.tensor_file("cold.layer.12.key") == "cold/past_key_values/12_key.npy"
+    assert layout.tensor_file("cold.layer.0.value") == "cold/past_key_values/0_value.npy"
+    assert layout.cold_tensor_names(2) == [
+        "cold.input_ids",
+        "cold.position_ids",
+        "cold.layer.0.key",
+        "cold.layer.0.value",
+        "cold.layer.1.key",
+        "cold.layer.1.value",
+    ]
+    assert layout.tensor_names(2, cold=True) == layout.tensor_names(2) + layout.cold_tensor_names(2)
+    assert layout.tensor_names(2, cold=False) == layout.tensor_names(2)
+    names = layout.tensor_names(30, cold=True)
+    assert len(names) == 3 + 60 + 2 + 60 and len(set(map(layout.tensor_file, names))) == len(names)
+    for name in names:
+        assert layout.tensor_name(layout.tensor_file(name)) == name
+    # Cold layers share the index (and so the head rotation) of the hot layer they came from.
+    assert layout.layer_of("cold.layer.7.value") == layout.layer_of("layer.7.value") == (7, "value")
+    assert layout.layer_of("cold.input_ids") is None
+    assert layout.is_cold("cold.layer.0.key") and not layout.is_cold("layer.0.key")
+    for bad in ["cold.attention_mask", "cold.layer.x.key", "cold.layer.01.key", "cold.cold.input_ids", "cold.logits"]:
+        with pytest.raises(InvalidArgument, match="unknown tensor name"):
+            layout.tensor_file(bad)
+    for path in ["cold/attention_mask.npy", "cold/cold/input_ids.npy", "cold/past_key_values/01_key.npy"]:
+        with pytest.raises(ValueError, match="not a tensor file"):
+            layout.tensor_name(path)
+
+
 def test_config_round_trips_and_refuses_garbage() -> None:
     config = layout.Config("SmolLM2", "float32", "dynamic", "abc", 30, "sess", "m1d1x0x0x0", "2026-01-01T00:00:00Z")
     text = config.to_text()

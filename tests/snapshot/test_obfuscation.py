@@ -34,6 +34,15 @@ def tensors(draw: st.DrawFn) -> dict[str, np.ndarray]:
             # Raw random bytes: every bit pattern, NaN payloads and signed zeros included, must survive.
             raw = rng.integers(0, 256, heads * tokens * head_dim * dtype.itemsize, dtype=np.uint8)
             out[f"layer.{i}.{kind}"] = raw.view(dtype).reshape(1, heads, tokens, head_dim)
+    cold = draw(st.one_of(st.none(), st.integers(0, 9)))  # a cold tier (recall) of its own length, or none
+    if cold is not None:
+        # Cold ids may lie beyond every hot id (and so beyond what remap_ids' permutation covers).
+        out["cold.input_ids"] = rng.integers(0, 2 * ids_max, (1, cold), dtype=np.int64)
+        out["cold.position_ids"] = np.sort(rng.choice(4 * cold + 1, cold, replace=False)).astype(np.int64)[None]
+        for i in range(layers):
+            for kind in ("key", "value"):
+                raw = rng.integers(0, 256, heads * cold * head_dim * dtype.itemsize, dtype=np.uint8)
+                out[f"cold.layer.{i}.{kind}"] = raw.view(dtype).reshape(1, heads, cold, head_dim)
     return out
 
 
@@ -84,6 +93,33 @@ def test_each_step_really_changes_what_it_covers() -> None:
     # Steps touch only their tensors: the mask leaves token ids to remap_ids, remap leaves the cache alone.
     assert Chain.new(["xor_mask"]).apply("input_ids", ids.copy()).tobytes() == ids.tobytes()
     assert remap.apply("layer.0.key", keys.copy()).tobytes() == keys.tobytes()
+
+
+def test_cold_tier_tensors_share_the_hot_rotation_get_their_own_masks_and_keep_their_ids() -> None:
+    rng = np.random.default_rng(2)
+    keys = rng.standard_normal((1, 6, 10, 4)).astype(np.float32)
+    cold_keys = rng.standard_normal((1, 6, 3, 4)).astype(np.float32)
+    ids = rng.integers(0, 100, (1, 10), dtype=np.int64)
+    cold_ids = np.array([[5, 1000, 99999]], dtype=np.int64)  # beyond the hot ids' range
+    for layer in range(3):
+        rotate = Chain.new(["rotate_heads"])
+        hot, cold = f"layer.{layer}.key", f"cold.layer.{layer}.key"
+        hot_order = [bytes(h) for h in rotate.apply(hot, keys.copy())[0]]
+        cold_order = [bytes(h) for h in rotate.apply(cold, cold_keys.copy())[0]]
+        # Where hot head h went, cold head h went too.
+        assert [hot_order.index(bytes(h)) for h in keys[0]] == [cold_order.index(bytes(h)) for h in cold_keys[0]]
+    mask = Chain.new(["xor_mask"])
+    same = keys[:, :, :3].copy()
+    assert mask.apply("layer.0.key", same.copy()).tobytes() != mask.apply("cold.layer.0.key", same.copy()).tobytes()
+    assert mask.apply("cold.input_ids", cold_ids.copy()).tobytes() != cold_ids.tobytes()  # masked like the rest
+    remap = Chain.new(["remap_ids"])
+    remap.apply("input_ids", ids.copy())
+    assert remap.apply("cold.input_ids", cold_ids.copy()).tobytes() == cold_ids.tobytes()  # hot ids only
+    # Sent before the hot ids (no permutation yet), cold ids are still fine: remap_ids never touches them.
+    early = Chain.new(["remap_ids", "xor_mask"])
+    stored = early.apply("cold.input_ids", cold_ids.copy())
+    early.apply("input_ids", ids.copy())
+    assert early.undo("cold.input_ids", stored).tobytes() == cold_ids.tobytes()
 
 
 def test_bad_chains_and_bad_logs_are_refused() -> None:

@@ -19,6 +19,7 @@ from haloweave.snapshot.v1 import snapshot_pb2
 from devstack.procs import wait_until
 from devstack.seaweed import SeaweedS3
 from services.common.grpc_server import MAX_MESSAGE_BYTES
+from services.snapshot import layout
 from tests.snapshot.support import (
     ServiceProcess,
     assert_bit_exact,
@@ -50,7 +51,7 @@ def folders(service: ServiceProcess) -> list[str]:
 
 
 def save(service: ServiceProcess, cache: dict[str, np.ndarray], **kw: object) -> snapshot_pb2.SnapshotInfo:
-    layers = sum(1 for n in cache if n.endswith(".key"))
+    layers = sum(1 for n in cache if n.startswith("layer.") and n.endswith(".key"))
     info: snapshot_pb2.SnapshotInfo = stub(service.addr).Save(chunk_requests(header(layers=layers, **kw), cache))
     return info
 
@@ -74,6 +75,44 @@ def test_a_cache_larger_than_the_message_limit_round_trips_bit_exact(service: Se
     assert list(head.obfuscation) == ["rotate_heads", "xor_mask", "remap_ids"]
     assert_bit_exact(arrays, cache)
     stub(service.addr).Delete(snapshot_pb2.DeleteRequest(session_id="s-owner", snapshot_id=info.snapshot_id))
+
+
+@pytest.mark.parametrize("cold", [7, 0])
+def test_a_cache_with_a_cold_tier_round_trips_bit_exact(service: ServiceProcess, cold: int) -> None:
+    cache = make_cache(layers=3, tokens=20, cold=cold)
+    info = save(service, cache, session_id="s-cold")  # every obfuscation step: rotate_heads, xor_mask, remap_ids
+    assert info.tokens == 20
+    head, arrays, _ = receive(stub(service.addr).Load(load_request(info.snapshot_id, session_id="s-cold")))
+    assert list(head.obfuscation) == ["rotate_heads", "xor_mask", "remap_ids"]
+    assert list(arrays) == layout.tensor_names(3, cold=True)  # hot tensors first, then the cold tier
+    assert_bit_exact(arrays, cache)
+    # Stored obfuscated: no cold layer is on disk as it was sent (the files are ciphertext anyway).
+    root = Path(service.url.removeprefix("file://")) / info.snapshot_id
+    if cold:
+        assert cache["cold.layer.0.key"].tobytes() not in (root / "cold/past_key_values/0_key.npy").read_bytes()
+    # One cold file missing: DATA_LOSS, and not a single message before it.
+    (root / "cold/past_key_values/2_value.npy").unlink()
+    received = []
+    with pytest.raises(grpc.RpcError) as error:
+        for response in stub(service.addr).Load(load_request(info.snapshot_id, session_id="s-cold")):
+            received.append(response)
+    assert (
+        error.value.code() == grpc.StatusCode.DATA_LOSS and "cold/past_key_values/2_value.npy" in error.value.details()
+    )
+    assert received == []
+
+
+def test_a_partial_cold_tier_is_refused_on_save_and_leaves_nothing(service: ServiceProcess) -> None:
+    before = folders(service)
+    cache = make_cache(layers=2, cold=4)
+    del cache["cold.layer.1.key"], cache["cold.position_ids"]
+    with pytest.raises(grpc.RpcError) as error:
+        save(service, cache, session_id="s-cold-partial")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the cold tier is all of its 6 tensors or none; missing cold.position_ids, cold.layer.1.key" in (
+        error.value.details()
+    )
+    assert folders(service) == before
 
 
 def test_list_delete_and_ownership(service: ServiceProcess) -> None:

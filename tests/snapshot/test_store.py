@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument
 from services.snapshot import layout
 from services.snapshot.backends.file import FileBackend
 from services.snapshot.store import SnapshotStore
-from tests.snapshot.support import assert_bit_exact, header, load, make_cache, new_master, save
+from tests.snapshot.support import assert_bit_exact, header, load, make_cache, make_cold, new_master, save
 
 
 def folder(store: SnapshotStore, snapshot_id: str) -> Path:
@@ -37,6 +38,50 @@ def test_round_trip_is_bit_exact(file_store: SnapshotStore, chain: list[str]) ->
     assert loaded.header.obfuscation == chain and loaded.header.num_layers == 3
     assert [t.name for t in loaded.tensors] == layout.tensor_names(3)
     assert_bit_exact(load(file_store, info), cache)
+
+
+@pytest.mark.parametrize("cold", [5, 0])
+@pytest.mark.parametrize(
+    "chain", [[], ["rotate_heads", "xor_mask", "remap_ids"], ["remap_ids", "xor_mask", "rotate_heads", "remap_ids"]]
+)
+def test_round_trip_with_a_cold_tier_is_bit_exact(file_store: SnapshotStore, chain: list[str], cold: int) -> None:
+    cache = make_cache(layers=3, cold=cold)
+    info = save(file_store, header(layers=3, obfuscation=chain), cache)
+    assert info.tokens == 12  # the hot token count, whatever the cold tier holds
+    loaded = file_store.load("s-owner", info.snapshot_id, "SmolLM2-135M-Instruct", "float32", "0123456789abcdef")
+    assert [t.name for t in loaded.tensors] == layout.tensor_names(3, cold=True)
+    assert_bit_exact(load(file_store, info), cache)
+    assert file_store._manifest(info.snapshot_id).tokens == 12
+
+
+def test_a_cold_tier_sent_first_or_interleaved_round_trips(file_store: SnapshotStore) -> None:
+    cache = make_cache(layers=2, cold=4)
+    order = [n for n in cache if n.startswith("cold.")] + [n for n in cache if not n.startswith("cold.")]
+    order.insert(3, order.pop())  # a hot layer among the cold ones
+    info = save(file_store, header(layers=2), {n: cache[n] for n in order})
+    loaded = file_store.load("s-owner", info.snapshot_id, "SmolLM2-135M-Instruct", "float32", "0123456789abcdef")
+    assert [t.name for t in loaded.tensors] == layout.tensor_names(2, cold=True)
+    assert_bit_exact(load(file_store, info), cache)
+
+
+def test_a_snapshot_without_a_cold_tier_loads_as_before(file_store: SnapshotStore) -> None:
+    cache = make_cache(layers=2)
+    info = save(file_store, header(layers=2), cache)
+    manifest = file_store._manifest(info.snapshot_id)
+    assert not any(p.startswith("cold/") for p in manifest.files)
+    assert not any(n.startswith("cold.") for n in manifest.tensors)
+    loaded = file_store.load("s-owner", info.snapshot_id, "SmolLM2-135M-Instruct", "float32", "0123456789abcdef")
+    assert [t.name for t in loaded.tensors] == layout.tensor_names(2)
+    assert_bit_exact(load(file_store, info), cache)
+
+
+def test_a_reader_without_cold_tier_support_refuses_one_as_incomplete(
+    file_store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = save(file_store, header(layers=2), make_cache(layers=2, cold=3))
+    monkeypatch.setattr(layout, "cold_tensor_names", lambda num_layers: [])  # what an older reader knows
+    with pytest.raises(DataLoss, match="does not list the files of a complete snapshot"):
+        load(file_store, info)
 
 
 def test_bfloat16_cache_travels_as_raw_words(file_store: SnapshotStore) -> None:
@@ -83,6 +128,87 @@ def test_folder_holds_exactly_the_layout_and_no_key_material(file_store: Snapsho
     assert file_store.master is not None
     for secret in (key.key, key.key.hex().encode(), base64.b64encode(key.key)):
         assert secret not in everything
+
+
+def test_folder_with_a_cold_tier_holds_its_files(file_store: SnapshotStore) -> None:
+    info = save(file_store, header(layers=2), make_cache(layers=2, cold=5))
+    root = folder(file_store, info.snapshot_id)
+    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    cold = {p for p in files if p.startswith("cold/")}
+    assert cold == {
+        "cold/input_ids.npy",
+        "cold/position_ids.npy",
+        "cold/past_key_values/0_key.npy",
+        "cold/past_key_values/0_value.npy",
+        "cold/past_key_values/1_key.npy",
+        "cold/past_key_values/1_value.npy",
+    }
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert set(manifest["files"]) == files - {".claim", "manifest.json"}
+    assert manifest["tokens"] == 12
+    assert manifest["tensors"]["cold.layer.1.value"] == ["<f4", [1, 3, 5, 8]]
+    assert manifest["tensors"]["cold.input_ids"] == ["<i8", [1, 5]]
+
+
+def _rewrite_manifest(store: SnapshotStore, snapshot_id: str, edit) -> None:  # type: ignore[no-untyped-def]
+    """Edits a stored manifest consistently: the edit, then a MAC under the snapshot's own data key (a plaintext
+    store has none), so that only what the edit lists is wrong."""
+    manifest = store._manifest(snapshot_id)
+    key = store._data_key(manifest)
+    edit(manifest)
+    if key is not None:
+        manifest.mac = key.mac(manifest.canonical())
+    store.backend.write(snapshot_id, layout.MANIFEST, [manifest.to_bytes()])
+
+
+def _drop(name: str):  # type: ignore[no-untyped-def]
+    def edit(manifest: layout.Manifest) -> None:
+        del manifest.tensors[name]
+        del manifest.files[layout.tensor_file(name)]
+
+    return edit
+
+
+def _add_unknown(manifest: layout.Manifest) -> None:
+    # A cold layer beyond the header's two: a file no complete snapshot of this config lists.
+    manifest.files["cold/past_key_values/2_key.npy"] = manifest.files["cold/past_key_values/1_key.npy"]
+    manifest.tensors["cold.layer.2.key"] = manifest.tensors["cold.layer.1.key"]
+
+
+def _only_cold_ids(manifest: layout.Manifest) -> None:
+    for name in layout.cold_tensor_names(2)[1:]:
+        _drop(name)(manifest)
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_drop("cold.layer.1.value"), r"missing cold\.layer\.1\.value, cold/past_key_values/1_value\.npy\)"),
+        (_drop("cold.input_ids"), r"missing cold\.input_ids, cold/input_ids\.npy\)"),
+        (_only_cold_ids, r"missing cold\.layer\.0\.key, cold\.layer\.0\.value, .* and \d+ more\)"),
+        (_add_unknown, r"\(unexpected cold\.layer\.2\.key, cold/past_key_values/2_key\.npy\)"),
+    ],
+)
+def test_a_manifest_with_a_partial_cold_tier_is_refused(tmp_path: Path, edit, message: str, encrypted: bool) -> None:  # type: ignore[no-untyped-def]
+    store = SnapshotStore(FileBackend(tmp_path), new_master() if encrypted else None)
+    cache = make_cache(layers=2, cold=5)
+    info = save(store, header(layers=2), cache)
+    root = folder(store, info.snapshot_id)
+    original = (root / layout.MANIFEST).read_bytes()
+    _rewrite_manifest(store, info.snapshot_id, edit)
+    with pytest.raises(DataLoss, match="does not list the files of a complete snapshot") as error:
+        load(store, info)
+    assert re.search(message, error.value.message), error.value.message
+    (root / layout.MANIFEST).write_bytes(original)
+    assert_bit_exact(load(store, info), cache)
+
+
+def test_a_missing_cold_file_fails_the_load(file_store: SnapshotStore) -> None:
+    info = save(file_store, header(layers=2), make_cache(layers=2, cold=5))
+    (folder(file_store, info.snapshot_id) / "cold/past_key_values/0_key.npy").unlink()
+    with pytest.raises(DataLoss, match=r"cold/past_key_values/0_key\.npy is missing"):
+        load(file_store, info)
 
 
 def test_keylog_and_config_say_what_they_should(file_store: SnapshotStore) -> None:
@@ -249,12 +375,53 @@ def test_interrupted_save_is_invisible_and_collected(file_store: SnapshotStore) 
         (lambda c: c.update({"layer.0.key": c["layer.0.key"].view(np.float16)}), "header says the cache is float32"),
         (lambda c: c.update({"layer.0.key": c["layer.0.key"][0]}), "(batch, kv_heads, tokens, head_dim)"),
         (lambda c: c.update({"layer.1.key": c["layer.1.key"][:, :, :5]}), "differs from the other layers"),
+        # A cold tier is whole, consistent in itself, and shaped like the hot layers.
+        (lambda c: c.update(make_cold()) or c.pop("cold.layer.1.value"), "missing cold.layer.1.value"),
+        (
+            lambda c: c.update({"cold.input_ids": make_cold()["cold.input_ids"]}),
+            "the cold tier is all of its 6 tensors or none; missing cold.position_ids, cold.layer.0.key,",
+        ),
+        (lambda c: c.update(make_cold(layers=3)), "cold.layer.2.key: the header declares 2 layers"),
+        (
+            lambda c: c.update({**make_cold(), "cold.layer.1.key": make_cold(tokens=4)["cold.layer.1.key"]}),
+            "cold.layer.1.key: 4 cold tokens, but cold.input_ids has 5",
+        ),
+        (
+            lambda c: c.update({**make_cold(), "cold.position_ids": make_cold(tokens=6)["cold.position_ids"]}),
+            "cold.position_ids: 6 cold tokens, but cold.input_ids has 5",
+        ),
+        (
+            lambda c: c.update({**make_cold(), "cold.input_ids": make_cold()["cold.input_ids"].astype(np.int32)}),
+            "cold.input_ids is <i4, expected int64",
+        ),
+        (
+            lambda c: c.update({**make_cold(), "cold.position_ids": make_cold()["cold.position_ids"][0]}),
+            "cold.position_ids: expected shape [1, cold tokens], got [5]",
+        ),
+        (
+            lambda c: c.update({**make_cold(), "cold.layer.0.key": make_cold()["cold.layer.0.key"].view(np.float16)}),
+            "cold.layer.0.key is <f2, but the header says the cache is float32",
+        ),
+        (
+            lambda c: c.update(
+                {**make_cold(), "cold.layer.0.value": np.concatenate([make_cold()["cold.layer.0.value"]] * 2)}
+            ),
+            "cold.layer.0.value: a cold layer tensor has batch 1",
+        ),
+        (
+            lambda c: c.update({**make_cold(), "cold.layer.1.key": make_cold(heads=2)["cold.layer.1.key"]}),
+            "cold.layer.1.key: (kv_heads, head_dim) (2, 8) differs from layer.1.key's (3, 8)",
+        ),
+        (
+            lambda c: c.update({**make_cold(), "cold.layer.1.value": make_cold(head_dim=4)["cold.layer.1.value"]}),
+            "cold.layer.1.value: (kv_heads, head_dim) (3, 4) differs from layer.1.value's (3, 8)",
+        ),
     ],
 )
 def test_bad_input_is_refused_and_leaves_nothing(file_store: SnapshotStore, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     cache = make_cache()
     mutate(cache)
-    with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
         session = file_store.begin(header())
         try:
             for name, array in cache.items():
