@@ -6,15 +6,19 @@ batched forward: a reply is the worker's loop (Open, sync the cache with the con
 Frame per token whose Directive evicts in place), with the scripted tokens in place of sampled ones; the attention of
 every token is captured and scored exactly as in generation. At the question, the tracker's Open prunes to the
 budget, the question is prefilled, and on that context the answer is (1) teacher-forced for its negative
-log-likelihood and (2) generated greedily. "fact_removed" is the unpruned cache minus the fact sentences, taken just
+log-likelihood and (2) generated greedily. Variants with `recall=1` keep what they prune in the cold tier and, after
+every prompt (each reply's and the question's), probe it and take back what the tracker recalls, as the worker does.
+"fact_removed" is the unpruned cache minus the fact sentences, taken just
 before the question: the NLL that losing the fact costs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,13 +27,17 @@ import numpy as np
 import torch
 
 from services.inference.engine import BatchEntry, Engine, SessionCache, StepOutput
+from services.inference.recall import Recall
+from services.tracker import convert
 from services.tracker.engine import ContextView
 from services.tracker.engine import Engine as Tracker
 from services.tracker.frames import FrameInput
+from services.tracker.settings import Settings
 
 from .tasks import Chat
 
 GREEDY_TOKENS = 12  # enough for every answer of tasks.py and a few words around it
+COLD_BUDGET_BYTES = 1024**3  # a worker's default: no conversation here comes near it
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,12 @@ class Policy:
             if not sep:
                 raise ValueError(f"policy {spec!r}: {item!r} is not name=value")
             settings[key] = _value(value)
+            if _FIELD_TYPES.get(key) == "bool":  # recall=1 or recall=true
+                settings[key] = settings[key] in (1, "true", "True")
         return cls(spec if rest else name, settings)
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 
 
 def _value(text: str) -> Any:
@@ -74,10 +87,18 @@ class Variant:
     fact_positions: list[int] = field(default_factory=list)
     kept: bool = True
     active_tokens: int = 0  # the context the question is answered on
+    recall: Recall | None = None  # the worker's side of recall, for variants with recall on
+    recall_seconds: float = 0.0  # probing, the tracker's decision and re-insertion, over the whole conversation
+    probes: int = 0
 
     @property
     def capture(self) -> str:
         return str(self.settings.get("aggregation", "mean"))
+
+    @property
+    def cold(self) -> bool:
+        """Whether evictions go to the cold tier."""
+        return self.recall is not None
 
 
 class Runner:
@@ -124,6 +145,9 @@ class Runner:
         state = await self.tracker.create_session(variant.settings, None)
         variant.session_id = state.session_id
         variant.cache = self.engine.new_cache()
+        if state.settings.recall:
+            variant.recall = Recall(self.engine, COLD_BUDGET_BYTES)
+            variant.recall.enabled = True
 
     async def evaluate(self, chat: Chat, policies: list[Policy], budgets: list[float]) -> list[dict[str, Any]]:
         """One record per variant: none, fact_removed, and every policy at every budget."""
@@ -146,11 +170,19 @@ class Runner:
         await self._open(variants)
         for v in variants:
             v.fact_positions = await self._sentences(v, chat.facts)
-            assert v.context is not None
-            v.kept = set(v.fact_positions) <= set(v.context.positions)
         removed = await self._without_facts(variants[0], chat)
         variants.append(removed)
-        nll, replies = self._answer(variants, chat.lead, chat.key)
+        first = await self._prompt(variants, capture=False)
+        for v in variants:
+            if v is not removed:  # after recall: what the question is answered on
+                context = await self.tracker.context(v.session_id)
+                v.kept = set(v.fact_positions) <= set(context.positions)
+                v.active_tokens = len(context.positions)
+        recalled = {}
+        for v in variants[:-1]:
+            recalled[v.session_id] = (await self.tracker.session(v.session_id)).meta.recalled_tokens
+        cold = {v.session_id: v.cache.cold.nbytes if v.cache is not None else 0 for v in variants}
+        nll, replies = self._answer(variants, first, chat.lead, chat.key)
         return [
             {
                 "task": chat.task,
@@ -161,6 +193,11 @@ class Runner:
                 "length": length,
                 "active_tokens": v.active_tokens,
                 "kept": v.kept,
+                "recall": v.recall is not None,
+                "recalled_tokens": recalled.get(v.session_id, 0),
+                "recall_seconds": v.recall_seconds,
+                "probes": v.probes,
+                "cold_bytes": cold[v.session_id],
                 "nll": nll[i],
                 "correct": re.search(rf"(?<![0-9A-Za-z]){re.escape(chat.key)}(?![0-9A-Za-z])", replies[i]) is not None,
                 "reply": replies[i],
@@ -180,28 +217,68 @@ class Runner:
             v.active_tokens = len(opened.context.positions)
             cache = v.cache
             assert cache is not None
+            if v.recall is not None:
+                pruned = opened.pruned
+                v.recall.probed = False  # one probe per reply, as the worker does
+                v.recall.opened(
+                    cache,
+                    pruned.positions if pruned else [],
+                    pruned.token_ids if pruned else [],
+                    opened.probe_positions or [],
+                )
             plan = cache.sync_plan(opened.context.positions, opened.context.token_ids)
             if plan is None:  # only a rebuild can match it (not expected with in-place pruning)
                 cache.clear()
                 plan = ([], opened.context.positions, opened.context.token_ids)
             evict, positions, ids = plan
-            self.engine.evict(cache, evict)
+            self.engine.evict(cache, evict, cold=v.cold)
             v.pending = (list(ids), list(positions))
 
-    def _forward(self, variants: list[Variant], capture: bool) -> list[StepOutput]:
+    def _forward(self, variants: list[Variant], capture: bool, probe: bool = False) -> list[StepOutput]:
         entries = []
         for v in variants:
             assert v.cache is not None
             ids, positions = v.pending
-            entries.append(BatchEntry(v.cache, ids, positions, v.capture if capture else None))
+            probing = v.recall.probe(v.cache, positions) if probe and v.recall is not None else ()
+            # A probe needs the capture's sink; its row is not used where capture was not asked for.
+            mode = v.capture if capture or probing else None
+            entries.append(BatchEntry(v.cache, ids, positions, mode, probe=probing))
             v.pending = ([], [])
         outputs = self.engine.forward(entries)
         return [out for out in outputs if out is not None]
 
+    async def _prompt(self, variants: list[Variant], capture: bool) -> list[StepOutput]:
+        """The prompt's forward after an Open, then recall as the worker does it (services/inference/recall.py):
+        probe, the tracker's decision, re-insertion, and the prompt's last token fed again where something came
+        back. Returns each variant's output for its prompt's last token."""
+        outputs = self._forward(variants, capture, probe=True)
+        again = []
+        for i, (v, out) in enumerate(zip(variants, outputs, strict=True)):
+            if out.probe is None or v.recall is None or v.cache is None:
+                continue
+            started = time.perf_counter()
+            probe = v.recall.score(v.cache, out, v.capture)
+            if probe is not None:
+                v.probes += 1
+                outcome = await self.tracker.recall(v.session_id, v.job_id, convert.probe_from_pb(probe))
+                if outcome.positions:
+                    ids, positions, _ = v.recall.apply(v.cache, convert.recalled_to_pb(outcome).recalled)
+                    v.pending = (ids, positions)
+                    again.append(i)
+            v.recall_seconds += time.perf_counter() - started
+        if again:
+            started = time.perf_counter()
+            fed = self._forward([variants[i] for i in again], capture)
+            share = (time.perf_counter() - started) / len(again)  # the re-fed token is recall's cost too
+            for i, out in zip(again, fed, strict=True):
+                outputs[i] = out
+                variants[i].recall_seconds += share
+        return outputs
+
     async def _reply(self, variants: list[Variant], script: list[int] | None) -> None:
         await self._open(variants)
         live = list(variants)
-        outputs = self._forward(live, capture=True)
+        outputs = await self._prompt(live, capture=True)
         step = 0
         while live:
             tokens = [script[step] if script is not None else int(torch.argmax(out.logits)) for out in outputs]
@@ -215,7 +292,7 @@ class Runner:
             feeding = []
             for v, token, outcome in zip(live, tokens, outcomes, strict=True):
                 assert v.cache is not None
-                self.engine.evict(v.cache, outcome.evict_positions)
+                self.engine.evict(v.cache, outcome.evict_positions, cold=v.cold)
                 if script is not None:
                     last = step + 1 == len(script)
                 else:
@@ -267,10 +344,12 @@ class Runner:
         removed.active_tokens = none.active_tokens - len(removed.fact_positions)
         return removed
 
-    def _answer(self, variants: list[Variant], lead: str, key: str) -> tuple[list[float], list[str]]:
-        """Per variant, on the context as the question left it: the key's mean NLL per token, teacher-forced after
-        the lead, and a greedy reply (the teacher-forced tokens are evicted again before it)."""
-        first = self._forward(variants, capture=False)
+    def _answer(
+        self, variants: list[Variant], first: list[StepOutput], lead: str, key: str
+    ) -> tuple[list[float], list[str]]:
+        """Per variant, on the context as the question left it (`first`: the outputs of its prompt's last token):
+        the key's mean NLL per token, teacher-forced after the lead, and a greedy reply (the teacher-forced tokens
+        are evicted again before it)."""
         starts = [v.cache.next_position for v in variants if v.cache is not None]
         lead_ids, key_ids = self._ids(lead), self._ids(" " + key)
         ids = lead_ids + key_ids

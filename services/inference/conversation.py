@@ -121,7 +121,8 @@ class Conversation:
     async def open(self, thread: EngineThread) -> None:
         opened = await self.peer.open()
         self._settings(opened.settings, first=True)
-        self.recall.opened(self.cache, opened)
+        pruned = opened.pruned
+        self.recall.opened(self.cache, list(pruned.positions), list(pruned.token_ids), list(opened.probe_positions))
         context = opened.context
         if not context.positions:
             raise FailedPrecondition("tracker sent an empty context")
@@ -167,7 +168,7 @@ class Conversation:
         self.last_prefill = min(n, self.context_pending)
         self.context_pending -= self.last_prefill
         last = not self.pending_ids
-        probe = last and self.step == 0 and self.recall.wants_probe(self.cache)
+        probe = self.recall.probe(self.cache, positions) if last and self.step == 0 else ()
         return BatchEntry(self.cache, ids, positions, capture=self.mode if last else None, logits=last, probe=probe)
 
     # ---- one step's postprocessing -----------------------------------------------------------------------------------

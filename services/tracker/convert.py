@@ -91,6 +91,8 @@ def opened_to_pb(session_id: str, opened: Opened) -> pb.GenerateResponse:
     )
     if opened.pruned is not None:
         message.pruned.CopyFrom(context_to_pb(session_id, opened.pruned))
+    if opened.probe_positions is not None:
+        message.probe_positions.extend(opened.probe_positions)
     return pb.GenerateResponse(opened=message)
 
 

@@ -158,15 +158,19 @@ def _keys(text: str) -> NDArray[np.int64]:
     return np.asarray([int(k) for k in text.split(",") if k], dtype=np.int64)
 
 
-def prune(draft: Draft) -> Pruned:
-    """Deletes the dimmest prunable sentences while the active count exceeds the budget."""
+def prune(draft: Draft, ranking: NDArray[np.float64] | None = None) -> Pruned:
+    """Deletes the dimmest prunable sentences while the active count exceeds the budget. `ranking` (one value per
+    active entry) replaces the policy's order: recall makes its room by the probe's attention (see `bring_back`)."""
     state = draft.state
     budget = state.settings.max_context_tokens
     active = state.active_index()
     if budget <= 0 or len(active) <= budget:
         return Pruned([], 0)
     arrays, meta = state.arrays, state.meta
-    if native.available() and not meta.recalled_keys:  # the kernel knows the turn protections only
+    if ranking is not None:
+        keys, maxima, firsts, sizes = pruning.runs(arrays["gsent"][active], ranking, ~protected_mask(draft, active))
+        order = maxima
+    elif native.available() and not meta.recalled_keys:  # the kernel knows the turn protections only
         keys, maxima, firsts, sizes = native.sentence_runs(
             active, arrays["gsent"], arrays["score"], arrays["role"], arrays["turn"], meta.last_user_turn, meta.gen_turn
         )
@@ -174,7 +178,8 @@ def prune(draft: Draft) -> Pruned:
         keys, maxima, firsts, sizes = pruning.runs(
             arrays["gsent"][active], arrays["score"][active], ~protected_mask(draft, active)
         )
-    order = policies.priorities(state.settings, state.session_id, keys, maxima)
+    if ranking is None:
+        order = policies.priorities(state.settings, state.session_id, keys, maxima)
     chosen = pruning.pick(len(active), budget, order, sizes)
     if not chosen:
         return Pruned([], 0)
@@ -213,6 +218,7 @@ class Recalled:
     token_ids: list[int]
     sentences: int
     ignored: int  # probed positions that are not pruned entries of this session
+    ranking: NDArray[np.float64] | None = None  # the probe's attention per active entry now, for `prune`
 
 
 def bring_back(
@@ -223,7 +229,11 @@ def bring_back(
 ) -> Recalled:
     """Brings back the pruned sentences the probe's query attends to more than to the dimmest active prunable one
     (services/tracker/recall.py): un-deletes them, scores them and protects them until the reply ends. The caller
-    checks the lengths; positions that are not deleted entries are ignored (and counted)."""
+    checks the lengths; positions that are not deleted entries are ignored (and counted).
+
+    The room they need is then made by `prune(draft, ranking)` with the probe's attention: a recalled sentence takes
+    the place of the ones it beat. (Pruning by the policy's scores here would evict whatever is dimmest by brightness,
+    which may be just what this query needs.)"""
     state = draft.state
     arrays, meta, settings = state.arrays, state.meta, state.settings
     pos, deleted = arrays["pos"], arrays["deleted"].astype(bool)
@@ -275,7 +285,11 @@ def bring_back(
     meta.pruned_tokens -= int(members.size)
     meta.recalled_tokens += int(members.size)
     meta.recalled_sentences += len(chosen)
-    return Recalled(pos[members].tolist(), arrays["tid"][members].tolist(), len(chosen), ignored)
+    probed = np.zeros(state.size)
+    probed[active] = active_scores
+    probed[scored] = scores
+    ranking = probed[state.active_index()]
+    return Recalled(pos[members].tolist(), arrays["tid"][members].tolist(), len(chosen), ignored, ranking)
 
 
 def brightness(draft: Draft, previous: NDArray[np.float64], changed: NDArray[np.intp], step: int) -> None:

@@ -49,6 +49,7 @@ class Opened:
     pruned_tokens: int
     pruned_sentences: int
     pruned: ContextView | None = None  # recall on: the deleted tokens
+    probe_positions: list[int] | None = None  # recall on: the latest user message's text
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +249,19 @@ class Engine:
                 len(pruned.positions),
                 pruned.sentences,
                 pruned_of(draft.state) if draft.state.settings.recall else None,
+                self._message_text(draft.state, meta.last_user_turn) if draft.state.settings.recall else None,
             )
 
         result, _ = await self._run(session_id, change)
         return result
+
+    def _message_text(self, state: SessionState, turn: int) -> list[int]:
+        """The positions of a user turn's text: its entries without the template's header and trailer."""
+        entries = np.flatnonzero(state.arrays["turn"] == turn)
+        head = len(self.template.tokenise(self.template.prefixes["user"]).token_ids)
+        tail = len(self.template.tokenise(self.template.suffixes["user"]).token_ids)
+        text = entries[head : len(entries) - tail] if len(entries) > head + tail else entries
+        return state.arrays["pos"][text].tolist()
 
     async def recall(self, session_id: str, job_id: str, probe: RecallProbe) -> RecallOutcome:
         """Brings back the pruned sentences the prompt's last query attends to (services/tracker/recall.py), then
@@ -265,7 +275,7 @@ class Engine:
             if refused:
                 return RecallOutcome([], [], [], 0, 0, 0, refused)
             back = dictionary.bring_back(draft, probe.cold_positions, probe.cold_scores, probe.active_scores)
-            pruned = dictionary.prune(draft) if back.positions else dictionary.Pruned([], 0)
+            pruned = dictionary.prune(draft, back.ranking) if back.positions else dictionary.Pruned([], 0)
             note = f"{back.ignored} probed positions are not pruned entries" if back.ignored else ""
             return RecallOutcome(
                 back.positions,

@@ -7,7 +7,9 @@ attention to every active position:
 - a sentence's recall score is the maximum over its cold tokens (pruning ranks sentences by their maximum too);
 - the bar is the dimmest active prunable sentence: the lowest maximum among them, under the same query;
 - sentences that beat the bar come back, best first, at most `recall_max_sentences`, and never more tokens than
-  the budget leaves beside the protected ones (so pruning can still meet the budget).
+  the budget leaves beside the protected ones (so pruning can still meet the budget);
+- the room they need is made by pruning the active sentences this query attends to least (not by the policy's
+  scores): a recalled sentence takes the place of those it beat.
 
 Pure functions of arrays; `dictionary.recall` applies the choice to a draft.
 """

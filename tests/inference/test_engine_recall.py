@@ -90,7 +90,7 @@ def test_cold_scores_are_the_attention_the_query_gives_when_the_tokens_are_in_th
     ids = prompt_ids(engine)
     cache = engine.new_cache()
     engine.prefill(cache, ids[:-1], list(range(len(ids) - 1)), capture=None)
-    out = engine.forward([BatchEntry(cache, [ids[-1]], [len(ids) - 1], capture="mean", probe=True)])[0]
+    out = engine.forward([BatchEntry(cache, [ids[-1]], [len(ids) - 1], capture="mean", probe=(0,))])[0]
     assert out is not None and out.probe is not None and out.attention is not None
     full_row = out.attention
     sentence = list(range(10, 17))
@@ -133,3 +133,23 @@ def test_export_and_import_carry_the_cold_tier_bit_for_bit(engine: Engine) -> No
     arrays["cold.position_ids"][0, 0] = 0
     with pytest.raises(EngineInputError, match="also in the cache"):
         engine.import_cache(arrays)
+
+
+def test_several_probed_queries_score_each_position_by_their_maximum(engine: Engine) -> None:
+    ids = prompt_ids(engine)
+    tail = 4
+    scored = []
+    for probe in ((0,), (1,), (2,), (0, 1, 2)):
+        cache = engine.new_cache()
+        engine.prefill(cache, ids[:-tail], list(range(len(ids) - tail)), capture=None)
+        entry = BatchEntry(cache, ids[-tail:], list(range(len(ids) - tail, len(ids))), capture="max", probe=probe)
+        out = engine.forward([entry])[0]
+        assert out is not None and out.probe is not None
+        assert out.probe.queries[0].shape == (engine.num_heads, len(probe), engine.head_dim)
+        engine.evict(cache, list(range(10, 17)), cold=True)
+        result = engine.recall_scores(cache, out.probe, "max")
+        assert result is not None
+        scored.append(np.concatenate([result[0], result[2]]))
+    np.testing.assert_allclose(scored[3], np.maximum.reduce(scored[:3]), rtol=1e-6)
+    with pytest.raises(EngineInputError, match="probe"):
+        engine.forward([BatchEntry(engine.new_cache(), [1, 2], [0, 1], capture=None, probe=(0,))])

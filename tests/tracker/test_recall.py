@@ -155,3 +155,22 @@ def test_choose_takes_the_best_that_fit() -> None:
     assert recall.choose(found, threshold=0.4, room=20, limit=4) == [2, 0]  # 2 (30 tokens) does not fit
     assert recall.choose(found, threshold=0.6, room=100, limit=4) == [1, 2]
     assert recall.choose(found, threshold=0.6, room=100, limit=1) == [1]
+
+
+async def test_the_room_is_made_from_the_sentences_the_query_attends_to_least(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    sid, _ = await pruned_session(engine)
+    state = await engine.session(sid)
+    a = state.arrays
+    active = state.active_index()
+    older = [k for k, m in sentences(state, 1).items() if not a["deleted"][m].any()]
+    assert len(older) >= 2
+    weakest = older[-1]  # the newest of the older turn's active sentences: not the oldest, so not a tie-break
+    scores = np.where(a["gsent"][active] == weakest, 0.001, 0.05)
+    key = int(a["gsent"][np.flatnonzero(a["deleted"])[0]])
+    gone = np.flatnonzero(a["deleted"])
+    cold = np.where(a["gsent"][gone] == key, 0.5, 0.0)
+    outcome = await engine.recall(sid, "j1", RecallProbe(a["pos"][gone].astype(np.int64), cold, scores))
+    assert outcome.positions
+    evicted = set(outcome.evict_positions)
+    assert set(a["pos"][sentences(state, 1)[weakest]].tolist()) <= evicted

@@ -109,9 +109,9 @@ def _attend(
     """One conversation's scaled queries [1, H, q, d] over its own keys/values [1, KV, T, d]; returns [1, H, q, d]."""
     q_len, kv_len = query.shape[2], key.shape[2]
     if sink is not None and sink.probe:
-        # Recall scores the cold tier against this query after the forward (engine/recall.py); a copy, so that a
-        # prefill's many-query tensor is not kept alive.
-        sink.add_query(layer, query[0, :, -1].clone())
+        # Recall scores the cold tier against these queries after the forward (engine/recall.py); index_select
+        # copies, so a prefill's many-query tensor is not kept alive.
+        sink.add_query(layer, query[0].index_select(1, sink.probe_index(query.device)))
         sink.softcap = softcap
     if q_len == 1 or softcap is not None:
         # Decode, or a soft-capped model (which fused SDPA cannot express): explicit rows.

@@ -29,7 +29,8 @@ class BatchEntry:
     positions: list[int]
     capture: str | None = None  # aggregation mode of the last token's attention row; None: no row
     logits: bool = True  # the last token's logits (False for a prefill chunk that is not a prompt's last)
-    probe: bool = False  # also keep the last query of every layer, for recall (needs `capture`)
+    # Recall: indices among `token_ids` whose queries every layer keeps (needs `capture`; engine/recall.py).
+    probe: tuple[int, ...] = ()
 
 
 class Batch:

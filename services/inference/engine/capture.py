@@ -34,7 +34,7 @@ class CaptureSink:
     """
 
     def __init__(
-        self, mode: str, num_layers: int, num_heads: int, ctx: int, device: torch.device, probe: bool = False
+        self, mode: str, num_layers: int, num_heads: int, ctx: int, device: torch.device, probe: tuple[int, ...] = ()
     ) -> None:
         check_mode(mode)
         self.mode = mode
@@ -44,6 +44,7 @@ class CaptureSink:
         self.device = device
         self._rows: list[torch.Tensor | None] = [None] * num_layers
         self.probe = probe
+        self._probe_index: torch.Tensor | None = None
         self.queries: list[torch.Tensor | None] = [None] * num_layers
         self.softcap: float | None = None
 
@@ -59,9 +60,14 @@ class CaptureSink:
             )
         self._rows[layer] = row
 
-    def add_query(self, layer: int, query: torch.Tensor) -> None:
-        """`query` is [heads, head_dim], already scaled: kept only when the entry asked for a recall probe."""
-        self.queries[layer] = query
+    def probe_index(self, device: torch.device) -> torch.Tensor:
+        if self._probe_index is None:
+            self._probe_index = torch.tensor(self.probe, dtype=torch.long, device=device)
+        return self._probe_index
+
+    def add_query(self, layer: int, queries: torch.Tensor) -> None:
+        """`queries` is [heads, probes, head_dim], already scaled: kept only when the entry asked for a probe."""
+        self.queries[layer] = queries
 
     def aggregate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """On the device: (aggregated float32 [ctx], full float16 [layers, heads, ctx] or None)."""

@@ -33,12 +33,13 @@ class StepOutput:
     attention: np.ndarray | None  # float32 [ctx] over cache slots incl. the last input token; None if capture off
     full: np.ndarray | None  # float16 [layers, heads, ctx] when the mode is "full"
     seconds: float  # forward + capture
-    probe: Probe | None = None  # the last query of every layer, when the entry asked for a recall probe
+    probe: Probe | None = None  # the probed queries of every layer, when the entry asked for a recall probe
 
 
 @dataclass
 class Probe:
-    """What recall scores the cold tier with (engine/recall.py): per layer the last query [heads, head_dim], scaled."""
+    """What recall scores the cold tier with (engine/recall.py): per layer the probed queries [heads, n, head_dim],
+    scaled and with RoPE applied."""
 
     queries: list[torch.Tensor]
     softcap: float | None
@@ -206,6 +207,8 @@ class Engine:
         if not entry.token_ids:
             raise EngineInputError("forward: no tokens given")
         check_mode(entry.capture)
+        if entry.probe and (entry.capture is None or not all(0 <= i < len(entry.token_ids) for i in entry.probe)):
+            raise EngineInputError("forward: a probe needs capture on and indices among the entry's tokens")
         self._check_tokens(entry.token_ids, entry.positions, after=entry.cache.next_position - 1)
 
     def forward(self, entries: list[BatchEntry]) -> list[StepOutput | None]:
