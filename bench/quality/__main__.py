@@ -172,6 +172,82 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def recall_table(rows: list[dict[str, Any]]) -> str:
+    """Each policy with recall on against the same policy with it off: gap closed, answers right, the paired NLL
+    difference (on − off: < 0, recall better) and what recall cost."""
+    cells = {(r["task"], r["budget"], r["policy"]): r for r in rows}
+    lines = []
+    head = (
+        f"{'task':18} {'policy':22} {'budget':>6} {'gap closed off → on':>21} {'right % off → on':>17} "
+        f"{'ΔNLL on−off [95% CI] (on worse/better)':>42} {'recalled':>8} {'ms/probe':>8} {'cold MB':>7}"
+    )
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        if "vs_recall_off" not in r:
+            continue
+        off = cells[(r["task"], r["budget"], stats.recall_base(r["policy"]))]
+        d, cost = r["vs_recall_off"], r["recall_cost"]
+        delta = f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] ({d['a_better']}/{d['b_better']})"
+        lines.append(
+            f"{r['task']:18} {off['policy']:22} {100 * r['budget']:>5.0f}% "
+            f"{off['gap_closed']['mean']:>9.2f} → {r['gap_closed']['mean']:<9.2f} "
+            f"{100 * off['correct']['mean']:>7.0f} → {100 * r['correct']['mean']:<7.0f} {delta:>42} "
+            f"{cost['recalled_tokens']:>8.1f} {1000 * cost['seconds_per_probe']:>8.1f} {cost['cold_bytes'] / 1e6:>7.1f}"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def recall_markdown(rows: list[dict[str, Any]]) -> str:
+    """docs/quality.md's recall tables: per task and budget, one column per policy, recall off → on."""
+    cells = {(r["task"], r["budget"], r["policy"]): r for r in rows}
+    on = [r for r in rows if "vs_recall_off" in r]
+    if not on:
+        return ""
+    bases = sorted({str(stats.recall_base(r["policy"])) for r in on}, key=lambda p: (p != "brightness", p))
+    keys = sorted({(r["task"], r["budget"]) for r in on})
+    label = {stats.recall_base(r["policy"]): r["policy"] for r in on}
+
+    def grid(title: str, cell: Any) -> list[str]:
+        lines = [f"| {title} | budget | " + " | ".join(f"`{p}`" for p in bases) + " |"]
+        lines.append("|---|---|" + "---|" * len(bases))
+        for task, budget in keys:
+            values = []
+            for base in bases:
+                pair = (cells.get((task, budget, base)), cells.get((task, budget, label[base])))
+                values.append(cell(*pair) if None not in pair else "")
+            lines.append(f"| {task} | {100 * budget:.0f}% | " + " | ".join(values) + " |")
+        return lines
+
+    def gap(off: dict[str, Any], r: dict[str, Any]) -> str:
+        g = r["gap_closed"]
+        return f"{off['gap_closed']['mean']:.2f} → {g['mean']:.2f} [{g['ci'][0]:.2f}, {g['ci'][1]:.2f}]"
+
+    def right(off: dict[str, Any], r: dict[str, Any]) -> str:
+        return f"{100 * off['correct']['mean']:.0f} → {100 * r['correct']['mean']:.0f}"
+
+    def delta(off: dict[str, Any], r: dict[str, Any]) -> str:
+        d = r["vs_recall_off"]
+        mark = "**" if d["ci"][0] > 0 or d["ci"][1] < 0 else ""  # the interval excludes 0
+        return f"{mark}{d['mean']:+.2f}{mark} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] ({d['b_better']}/{d['a_better']})"
+
+    def cost(off: dict[str, Any], r: dict[str, Any]) -> str:
+        c = r["recall_cost"]
+        tokens, ms, megabytes = c["recalled_tokens"], 1000 * c["seconds_per_probe"], c["cold_bytes"] / 1e6
+        return f"{tokens:.0f} tok · {ms:.0f} ms · {megabytes:.1f} MB"
+
+    return "\n".join(
+        [
+            *grid("NLL gap closed, recall off → on [95% CI of on]", gap),
+            "",
+            *grid("answer right %, off → on", right),
+            "",
+            *grid("ΔNLL on − off [95% CI] (recall better / worse)", delta),
+            "",
+            *grid("recalled tokens · time per probed message · cold tier at the question", cost),
+        ]
+    )
+
+
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
@@ -186,9 +262,13 @@ def _json(output: dict[str, Any]) -> str:
 
 def figures(rows: list[dict[str, Any]], figure: Path, title: str) -> list[Path]:
     """The policies at `figure`; variants of a policy ("brightness:aggregation=max"), if any, with the policy they
-    vary in a second figure next to it (`quality-variants.png`), so that neither is crowded."""
+    vary in a second figure next to it (`quality-variants.png`), so that neither is crowded. A run whose only
+    variants are recall on draws every policy at `figure`, recall off solid and on dashed in the policy's colour."""
     labels = {r["policy"] for r in rows}
     variants = {label for label in labels if ":" in label}
+    if variants and all(stats.recall_base(label) is not None for label in variants):
+        plot.draw(rows, figure, title.replace("by pruning policy", "by policy, recall off and on"), by_base=True)
+        return [figure]
     plot.draw(rows, figure, title, only=labels - variants)
     if not variants:
         return [figure]
@@ -265,7 +345,10 @@ def summarise_files(paths: list[Path], figure: Path, as_markdown: bool) -> int:
             seen.add(key)
             records.append(r)
     rows = stats.summarise(records)
-    print(markdown(rows) if as_markdown else table(rows))
+    if as_markdown:
+        print("\n\n".join(filter(None, [markdown(rows), recall_markdown(rows)])))
+    else:
+        print("\n\n".join(filter(None, [table(rows), recall_table(rows)])))
     drawn = figures(rows, figure, _title(records, loaded[0]["config"]["seed"]))
     print(f"wrote {', '.join(map(str, drawn))}")
     return 0
@@ -301,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = stats.summarise(records)
     per_conversation = [result["seconds"] for result in results]
     print()
-    print(table(rows))
+    print("\n\n".join(filter(None, [table(rows), recall_table(rows)])))
     rate = len(specs) / seconds * 60
     print(
         f"\n{len(specs)} conversations in {seconds / 60:.1f} min: {rate:.2f} conversations/min with "

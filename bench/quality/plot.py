@@ -8,8 +8,11 @@ from typing import Any
 POLICY_COLOURS = {"brightness": "C0", "h2o": "C1", "random": "C2", "recency": "C3", "tova": "C4"}
 
 
-def draw(rows: list[dict[str, Any]], path: Path, title: str, only: set[str] | None = None) -> None:
-    """One panel per task; `only` limits the lines to those policies."""
+def draw(
+    rows: list[dict[str, Any]], path: Path, title: str, only: set[str] | None = None, by_base: bool = False
+) -> None:
+    """One panel per task; `only` limits the lines to those policies; `by_base` colours a variant as the policy it
+    varies (recall on and off side by side)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display here or on a cluster node
@@ -27,7 +30,9 @@ def draw(rows: list[dict[str, Any]], path: Path, title: str, only: set[str] | No
     plain = sorted(POLICY_COLOURS.keys() & set(policies))
     colours = {p: POLICY_COLOURS[p] for p in plain}
     others = iter(f"C{i}" for i in range(5, 10))
-    colours.update({p: next(others, "C9") for p in policies if p not in colours})
+    colours.update({p: next(others, "C9") for p in policies if p not in colours and not by_base})
+    if by_base:
+        colours.update({p: POLICY_COLOURS.get(p.partition(":")[0], "C9") for p in policies if p not in colours})
     for ax, task in zip(axes.flat, tasks, strict=False):
         for number, policy in enumerate(policies):
             shift = 1.2 * (number - (len(policies) - 1) / 2)  # side by side, so the intervals do not overlap
@@ -39,9 +44,9 @@ def draw(rows: list[dict[str, Any]], path: Path, title: str, only: set[str] | No
             low = [r["gap_closed"]["mean"] - r["gap_closed"]["ci"][0] for r in mine] + [0.0]
             high = [r["gap_closed"]["ci"][1] - r["gap_closed"]["mean"] for r in mine] + [0.0]
             style: dict[str, Any] = {"linewidth": 1.4, "alpha": 0.85, "color": colours[policy]}
-            if policy == "brightness":
+            if policy.partition(":")[0] == "brightness" and (policy == "brightness" or by_base):
                 style.update(linewidth=2.6, alpha=1.0, zorder=3)
-            elif ":" in policy:
+            if ":" in policy:
                 style.update(linestyle="--")
             ax.errorbar(x, y, yerr=[low, high], marker="o", markersize=4, capsize=3, label=policy, **style)
         n = next((r["n"] for r in rows if r["task"] == task), 0)

@@ -1,5 +1,6 @@
 """Summaries of the per-conversation records: means with 95% bootstrap intervals, the NLL gap closed, and paired
-comparisons of brightness against every other policy (resampling conversations, so pairs stay pairs)."""
+comparisons of brightness against every other policy and of each policy with recall on against the same policy with
+it off (resampling conversations, so pairs stay pairs)."""
 
 from __future__ import annotations
 
@@ -83,8 +84,32 @@ def summarise(records: list[dict[str, Any]], reference: str = "brightness", seed
             row["gap_closed"] = gap_closed(column("nll", ("fact_removed", 0.0)), nll, column("nll", ("none", 0.0)), rng)
             if policy != reference and all((reference, budget) in by_conversation[c] for c in conversations):
                 row[f"vs_{reference}"] = paired(column("nll", (reference, budget)), nll, rng)
+            off = recall_base(policy)
+            if off is not None and all((off, budget) in by_conversation[c] for c in conversations):
+                row["vs_recall_off"] = paired(column("nll", (off, budget)), nll, rng)
+                row["recall_cost"] = _recall_cost([by_conversation[c][mine] for c in conversations])
         rows.append(row)
     return rows
+
+
+def recall_base(label: str) -> str | None:
+    """`h2o` for `h2o:recall=1` (the same policy with recall off); None for a label without recall on."""
+    name, _, rest = label.partition(":")
+    items = [item for item in rest.split(",") if item]
+    others = [item for item in items if item.partition("=")[0] != "recall"]
+    if len(others) == len(items) or any(item in ("recall=0", "recall=false") for item in items):
+        return None
+    return f"{name}:{','.join(others)}" if others else name
+
+
+def _recall_cost(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Per conversation: tokens recalled, seconds of recall per probed user message, cold-tier bytes at the end."""
+    probes = sum(int(r.get("probes", 0)) for r in records)
+    return {
+        "recalled_tokens": float(np.mean([r.get("recalled_tokens", 0) for r in records])),
+        "seconds_per_probe": sum(float(r.get("recall_seconds", 0.0)) for r in records) / probes if probes else 0.0,
+        "cold_bytes": float(np.mean([r.get("cold_bytes", 0) for r in records])),
+    }
 
 
 def _order(item: tuple[tuple[str, str, float], Any]) -> tuple[str, float, int, str]:

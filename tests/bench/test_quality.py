@@ -98,6 +98,42 @@ async def test_generated_assistant_turns_run_through_the_same_loop(runner: Runne
     assert all(r["nll"] > 0 for r in records)
 
 
+async def test_recall_variants_probe_and_bring_the_needle_back(runner: Runner) -> None:
+    """Recency at half the conversation loses the pass key; with recall on, each prompt probes the cold tier and the
+    question's probe brings the key's sentence back (this conversation is one where it does), within the budget."""
+    chat = generate("passkey_ruler", 0, seed=0)
+    records = await runner.evaluate(chat, [Policy.parse("recency"), Policy.parse("recency:recall=1")], [0.5])
+    by_policy = {r["policy"]: r for r in records}
+    off, on = by_policy["recency"], by_policy["recency:recall=1"]
+    assert not off["kept"] and off["probes"] == 0 and off["cold_bytes"] == 0 and not off["recall"]
+    assert on["recall"] and on["probes"] == 4  # three replies and the question
+    assert on["kept"] and on["recalled_tokens"] > 0 and on["cold_bytes"] > 0
+    assert on["active_tokens"] <= on["budget_tokens"]
+    assert on["nll"] < off["nll"]
+    assert Policy.parse("h2o:recall=1").settings == {"prune_policy": "h2o", "recall": True}
+
+
+def test_recall_variants_are_paired_with_the_same_policy_off() -> None:
+    assert stats.recall_base("h2o:recall=1") == "h2o"
+    assert stats.recall_base("brightness:aggregation=max,recall=1") == "brightness:aggregation=max"
+    assert stats.recall_base("brightness:aggregation=max") is None and stats.recall_base("tova") is None
+    records = [
+        {"task": "multi_fact", "index": i, "policy": policy, "budget": budget, "nll": value, "kept": False,
+         "correct": False, "active_tokens": 100, "recalled_tokens": 10, "probes": 2, "recall_seconds": 0.1,
+         "cold_bytes": 1000}
+        for i in range(4)
+        for policy, budget, value in (
+            ("none", 0.0, 1.0), ("fact_removed", 0.0, 3.0), ("h2o", 0.5, 2.5), ("h2o:recall=1", 0.5, 1.5 + 0.1 * i)
+        )
+    ]  # fmt: skip
+    rows = {r["policy"]: r for r in stats.summarise(records)}
+    versus = rows["h2o:recall=1"]["vs_recall_off"]
+    assert versus["b_better"] == 4 and versus["mean"] == pytest.approx(-0.85)
+    assert rows["h2o:recall=1"]["recall_cost"] == {"recalled_tokens": 10.0, "seconds_per_probe": 0.05,
+                                                   "cold_bytes": 1000.0}  # fmt: skip
+    assert "vs_recall_off" not in rows["h2o"]
+
+
 def test_gap_closed_and_paired_comparisons() -> None:
     rng = np.random.default_rng(0)
     removed, full = np.full(50, 3.0), np.full(50, 1.0)

@@ -174,3 +174,21 @@ async def test_the_room_is_made_from_the_sentences_the_query_attends_to_least(ma
     assert outcome.positions
     evicted = set(outcome.evict_positions)
     assert set(a["pos"][sentences(state, 1)[weakest]].tolist()) <= evicted
+
+
+async def test_a_recalled_sentence_can_be_pruned_again(make_engine: EngineFactory, redis: Redis) -> None:
+    engine = await make_engine()
+    sid, _ = await pruned_session(engine, prune_policy="recency")
+    state = await engine.session(sid)
+    oldest = int(state.arrays["gsent"][np.flatnonzero(state.arrays["deleted"])[0]])
+    outcome = await engine.recall(sid, "j1", probe(state, {oldest: 0.5}))
+    assert outcome.positions
+    await engine.finish(sid, "j1", "eos", {})
+    await engine.append_message(sid, "user", "And the next question?")
+    await engine.open(sid, "j2")  # recency: the oldest prunable sentence, the recalled one, goes first again
+    after = await engine.session(sid)
+    members = np.searchsorted(after.arrays["pos"], outcome.positions)
+    assert after.arrays["deleted"][members].all()
+    events = await read_events(redis, sid)
+    again = [e for e in events if e["type"] == "pruned" and set(e["positions"]) == set(outcome.positions)]
+    assert len(again) == 2  # pruned, recalled, pruned: the audit trail keeps all three
