@@ -35,13 +35,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="one context, three repeats")
     p.add_argument("--contexts", type=int, nargs="+", help="hot tokens (default 1024 2048)")
     p.add_argument("--cold", type=int, nargs="+", help="cold tokens (default 256 1024)")
-    p.add_argument("--repeats", type=int, help="interleaved repeats (default 9)")
+    p.add_argument("--repeats", type=int, help="interleaved repeats (default 5)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     args.contexts = args.contexts or ([512] if args.quick else [1024, 2048])
     args.cold = args.cold or ([128] if args.quick else [256, 1024])
-    args.repeats = args.repeats or (3 if args.quick else 9)
+    args.repeats = args.repeats or (3 if args.quick else 5)
     return args
 
 
@@ -51,8 +51,8 @@ def measure(engine: Engine, hot: int, cold: int, rng: np.random.Generator) -> di
     ids = [int(t) for t in rng.integers(100, vocab, hot + cold + PROMPT)]
     cache = engine.new_cache()
     engine.prefill(cache, ids[: hot + cold], list(range(hot + cold)), capture=None)
-    # The cold tier: every other sentence of the first part of the context, evicted to the host.
-    sentences = [list(range(s, s + SENTENCE)) for s in range(SENTENCE, SENTENCE + 2 * cold, 2 * SENTENCE)]
+    # The cold tier: the sentences after the first, evicted to the host one by one (a chunk each, as pruning does).
+    sentences = [list(range(s, s + SENTENCE)) for s in range(SENTENCE, SENTENCE + cold, SENTENCE)]
     for sentence in sentences:
         engine.evict(cache, sentence, cold=True)
     times: dict[str, float] = {}
@@ -76,8 +76,9 @@ def measure(engine: Engine, hot: int, cold: int, rng: np.random.Generator) -> di
     last_id, last_position = cache.token_ids[-1], cache.positions[-1]
     cache.truncate(len(cache) - 1)
     timed(AGAIN, engine.decode, cache, last_id, last_position, "mean")
-    # Two hot sentences past the cold region: one evicted as with recall off, one as with it on.
-    tail = [p for p in cache.positions if p >= 2 * SENTENCE * (len(sentences) + 1)]
+    # Two hot sentences right after the cold region (so nearly every slot moves): one evicted as with recall off,
+    # one as with it on.
+    tail = [p for p in cache.positions if SENTENCE + cold <= p < hot + cold]
     timed("evict in place", engine.evict, cache, tail[:SENTENCE])
     timed("evict to cold", engine.evict, cache, tail[SENTENCE : 2 * SENTENCE], cold=True)
     timed("decode step", engine.decode, cache, 42, cache.next_position, "mean")
