@@ -108,3 +108,23 @@ async def test_a_worker_that_takes_a_session_over_recomputes_its_cold_tier(chat:
     assert any(c.recomputed for c in cache.cold.chunks)  # rebuilt from the dictionary's ids at their positions
     assert recalled(frames)
     cache_matches_context(second.worker, session, await chat.context(session))
+
+
+async def test_an_offloaded_session_comes_back_with_its_cold_tier(chat: Chat, start_worker, snapshot_addr: str) -> None:
+    handle = await start_worker(snapshot_addr=snapshot_addr, kv_budget_bytes=1)  # room for one session only
+    worker: Worker = handle.worker
+    session = await pruned_fact(chat)
+    await chat.turn(session, QUESTION)
+    cache = worker.sessions.get(session)
+    assert cache is not None
+    cold = cache.cold.all()
+    assert cold is not None
+    other = await chat.session(max_new_tokens=3)
+    await chat.turn(other, "Hello.")
+    assert session not in worker.sessions and worker.stats.offloads >= 1
+    frames = await chat.turn(session, "Thanks. And my locker code, once more?")
+    assert frames[-1]["type"] == "done", frames
+    back = worker.sessions.get(session)
+    assert back is not None and worker.stats.restores >= 1
+    assert not any(chunk.recomputed for chunk in back.cold.chunks)  # the offload carried it; nothing recomputed
+    assert set(cold.positions) - set((await chat.context(session)).positions) <= back.cold.held()
