@@ -328,8 +328,8 @@ class Worker:
             log.info("%s: session %s offloaded to %s", self.worker_id, session_id, snapshot_id)
 
     def _fit_cold_budget(self) -> None:
-        """The cold tiers share one host budget: beyond it the oldest chunks of the least recently used sessions go
-        (they can still be recomputed from the dictionary if the tracker recalls them)."""
+        """The cold tiers share one host budget: beyond it the oldest chunks of the least recently used sessions go.
+        What goes is not scored again, so it does not come back (services/inference/recall.py)."""
         caches = self.sessions.caches()
         over = sum(cache.cold.nbytes for cache in caches) - self.settings.limits.cold_budget_bytes
         for cache in caches:

@@ -6,7 +6,8 @@ single [layers, 2 (key, value), kv_heads, tokens, head_dim] tensor: an eviction 
 already cold), and only recall, which is rare, splits chunks.
 
 Under a worker's byte budget the oldest chunks go first (`shed`); their positions are remembered as `dropped`, so a
-worker neither scores them nor recomputes them on every turn (they can still be recomputed if the tracker recalls them).
+worker neither scores them nor recomputes them on every turn: they no longer come back, except as part of a sentence
+whose other tokens are still held, for which the missing ones are recomputed from the dictionary's ids.
 """
 
 from __future__ import annotations
