@@ -18,6 +18,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,15 +209,11 @@ def recall_markdown(rows: list[dict[str, Any]]) -> str:
     label = {stats.recall_base(r["policy"]): r["policy"] for r in on}
 
     def grid(title: str, cell: Any) -> list[str]:
-        lines = [f"| {title} | budget | " + " | ".join(f"`{p}`" for p in bases) + " |"]
-        lines.append("|---|---|" + "---|" * len(bases))
-        for task, budget in keys:
-            values = []
-            for base in bases:
-                pair = (cells.get((task, budget, base)), cells.get((task, budget, label[base])))
-                values.append(cell(*pair) if None not in pair else "")
-            lines.append(f"| {task} | {100 * budget:.0f}% | " + " | ".join(values) + " |")
-        return lines
+        def value(task: str, budget: float, base: str) -> str:
+            pair = (cells.get((task, budget, base)), cells.get((task, budget, label[base])))
+            return cell(*pair) if None not in pair else ""
+
+        return _grid(title, keys, bases, value)
 
     def gap(off: dict[str, Any], r: dict[str, Any]) -> str:
         g = r["gap_closed"]
@@ -246,6 +243,18 @@ def recall_markdown(rows: list[dict[str, Any]]) -> str:
             *grid("recalled tokens · time per probed message · cold tier at the question", cost),
         ]
     )
+
+
+def _grid(
+    title: str, keys: list[tuple[str, float]], columns: list[str], value: Callable[[str, float, str], str]
+) -> list[str]:
+    """A markdown table: one row per (task, budget), one column per policy, each cell `value(task, budget, column)`."""
+    lines = [f"| {title} | budget | " + " | ".join(f"`{c}`" for c in columns) + " |"]
+    lines.append("|---|---|" + "---|" * len(columns))
+    for task, budget in keys:
+        cells = [value(task, budget, column) for column in columns]
+        lines.append(f"| {task} | {100 * budget:.0f}% | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -300,12 +309,10 @@ def _markdown(rows: list[dict[str, Any]], policies: list[str]) -> str:
     keys = sorted({(r["task"], r["budget"]) for r in rows if "gap_closed" in r})
 
     def grid(title: str, cell: Any) -> list[str]:
-        lines = [f"| {title} | budget | " + " | ".join(f"`{p}`" for p in policies) + " |"]
-        lines.append("|---|---|" + "---|" * len(policies))
-        for task, budget in keys:
-            values = [cell(cells[(task, budget, p)]) if (task, budget, p) in cells else "" for p in policies]
-            lines.append(f"| {task} | {100 * budget:.0f}% | " + " | ".join(values) + " |")
-        return lines
+        def value(task: str, budget: float, policy: str) -> str:
+            return cell(cells[(task, budget, policy)]) if (task, budget, policy) in cells else ""
+
+        return _grid(title, keys, policies, value)
 
     def gap(r: dict[str, Any]) -> str:
         g = r["gap_closed"]

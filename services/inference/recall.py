@@ -97,7 +97,8 @@ class Recall:
         if not missing:
             return
         room = max(0, self.cold_budget_bytes - cache.cold.nbytes) // self.engine.kv_bytes_per_token
-        chosen, skipped = missing[len(missing) - room :] if room else [], missing[: len(missing) - room]
+        split = len(missing) - min(room, len(missing))
+        chosen, skipped = missing[split:], missing[:split]
         cache.cold.dropped.update(skipped)
         if chosen:
             log.info("recomputing %d pruned entries the cold tier does not hold", len(chosen))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from haloweave.tracker.v1 import tracker_pb2
 
@@ -44,27 +44,32 @@ class TrackerPeer:
         self.job_id = job_id
         self._stream: GenerateStream = tracker.generate()
 
+    async def _ask(
+        self, request: tracker_pb2.GenerateRequest, answer: Literal["opened", "directive", "recalled"], what: str
+    ) -> Any:
+        """Sends one message and returns the reply's `answer` field; any other reply is a protocol error."""
+        await self._stream.send(request)
+        reply = await self._stream.recv()
+        if not reply.HasField(answer):
+            raise FailedPrecondition(f"tracker answered {what} with {reply.WhichOneof('kind')}")
+        return getattr(reply, answer)
+
     async def open(self) -> tracker_pb2.Opened:
         request = tracker_pb2.GenerateRequest(open=tracker_pb2.Open(session_id=self.session_id, job_id=self.job_id))
-        await self._stream.send(request)
-        first = await self._stream.recv()
-        if not first.HasField("opened"):
-            raise FailedPrecondition(f"tracker answered Open with {first.WhichOneof('kind')}")
-        return first.opened
+        opened: tracker_pb2.Opened = await self._ask(request, "opened", "Open")
+        return opened
 
     async def step(self, frame: tracker_pb2.Frame) -> tracker_pb2.Directive:
-        await self._stream.send(tracker_pb2.GenerateRequest(frame=frame))
-        reply = await self._stream.recv()
-        if not reply.HasField("directive"):
-            raise FailedPrecondition(f"tracker answered a Frame with {reply.WhichOneof('kind')}")
-        return reply.directive
+        directive: tracker_pb2.Directive = await self._ask(
+            tracker_pb2.GenerateRequest(frame=frame), "directive", "a Frame"
+        )
+        return directive
 
     async def recall(self, probe: tracker_pb2.RecallProbe) -> tracker_pb2.Recalled:
-        await self._stream.send(tracker_pb2.GenerateRequest(recall=probe))
-        reply = await self._stream.recv()
-        if not reply.HasField("recalled"):
-            raise FailedPrecondition(f"tracker answered a RecallProbe with {reply.WhichOneof('kind')}")
-        return reply.recalled
+        recalled: tracker_pb2.Recalled = await self._ask(
+            tracker_pb2.GenerateRequest(recall=probe), "recalled", "a RecallProbe"
+        )
+        return recalled
 
     async def finish(self, finish: tracker_pb2.Finish) -> None:
         await self._stream.send(tracker_pb2.GenerateRequest(finish=finish))

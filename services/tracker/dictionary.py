@@ -257,7 +257,8 @@ def bring_back(
     # A recalled token's score takes one update from the attention it was just given (0 for a token the worker no
     # longer held), under the policy's own rule, at its distance from the probing query.
     attention = np.zeros(members.size)
-    attention[np.searchsorted(members, scored[np.isin(scored, members)])] = scores[np.isin(scored, members)]
+    given = np.isin(scored, members)
+    attention[np.searchsorted(members, scored[given])] = scores[given]
     rule = policies.score_rule(settings)
     distance = (meta.next_position - 1) - pos[members]
     weights = scoring.distance_weights(distance, rule.distance_mode, rule.min_distance, rule.distance_scale)

@@ -106,6 +106,11 @@ class Engine:
         self.model = model
         self.fingerprint = fingerprint
         self._cache: OrderedDict[str, SessionState] = OrderedDict()
+        # Tokens of a user message's template header and trailer, left out of recall's probe (counted once).
+        self._user_marks = (
+            len(template.tokenise(template.prefixes["user"]).token_ids),
+            len(template.tokenise(template.suffixes["user"]).token_ids),
+        )
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
 
@@ -258,15 +263,14 @@ class Engine:
     def _message_text(self, state: SessionState, turn: int) -> list[int]:
         """The positions of a user turn's text: its entries without the template's header and trailer."""
         entries = np.flatnonzero(state.arrays["turn"] == turn)
-        head = len(self.template.tokenise(self.template.prefixes["user"]).token_ids)
-        tail = len(self.template.tokenise(self.template.suffixes["user"]).token_ids)
+        head, tail = self._user_marks
         text = entries[head : len(entries) - tail] if len(entries) > head + tail else entries
         return state.arrays["pos"][text].tolist()
 
     async def recall(self, session_id: str, job_id: str, probe: RecallProbe) -> RecallOutcome:
-        """Brings back the pruned sentences the prompt's last query attends to (services/tracker/recall.py), then
-        prunes to the budget as usual. A probe that cannot be used changes nothing and says why: a reply never fails
-        because of recall."""
+        """Brings back the pruned sentences the latest user message attends to (services/tracker/recall.py), then
+        prunes to the budget by the same probe. A probe that cannot be used changes nothing and says why: a reply
+        never fails because of recall."""
 
         def change(draft: Draft) -> RecallOutcome:
             state, meta = draft.state, draft.state.meta

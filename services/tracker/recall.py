@@ -1,8 +1,8 @@
 """Choosing which pruned sentences come back (DESIGN.md 3.6; formulas in docs/scoring.md "Recall").
 
-After a reply's prompt is prefilled, the worker scores its cold tier against the prompt's last query: one softmax over
-the active and the cold keys of every layer and head, reduced like a captured row. Here, with the same query's
-attention to every active position:
+After a reply's prompt is prefilled, the worker scores its cold tier against the latest user message's queries: per
+query one softmax over the active and the cold keys of every layer and head, reduced like a captured row, then the
+maximum over the queries. Here, with the same probe's attention to every active position:
 
 - a sentence's recall score is the maximum over its cold tokens (pruning ranks sentences by their maximum too);
 - the bar is the dimmest active prunable sentence: the lowest maximum among them, under the same query;
@@ -11,7 +11,7 @@ attention to every active position:
 - the room they need is made by pruning the active sentences this query attends to least (not by the policy's
   scores): a recalled sentence takes the place of those it beat.
 
-Pure functions of arrays; `dictionary.recall` applies the choice to a draft.
+Pure functions of arrays; `dictionary.bring_back` applies the choice to a draft.
 """
 
 from __future__ import annotations

@@ -52,6 +52,20 @@ def set_field(page: object, name: str, value: str) -> None:
     field.press("Tab")
 
 
+def server_setting(stack: Stack, page: object, name: str, expected: object) -> object:
+    """The page's session's setting as the REST API reports it, once it is `expected` (polled: the change travels
+    through the WebSocket and the tracker), or its last value after ten seconds."""
+    session = page.evaluate("() => window.haloweave.client.session")  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {session['token']}"}
+    url = f"{stack.gateway_url}/v1/sessions/{session['session_id']}/settings"
+    for _ in range(100):
+        value = httpx.get(url, headers=headers, timeout=10).json()[name]
+        if value == expected:
+            return value
+        page.wait_for_timeout(100)  # type: ignore[attr-defined]  # polling for the change, not a timed assertion
+    return httpx.get(url, headers=headers, timeout=10).json()[name]
+
+
 def send_and_wait(page: object, text: str) -> None:
     page.evaluate("() => { window.haloweave.state.lastStats = null; }")  # type: ignore[attr-defined]
     page.fill("#input", text)  # type: ignore[attr-defined]
@@ -81,14 +95,8 @@ def test_chat_page_end_to_end(stack: Stack, browser: object) -> None:
         set_field(page, "max_new_tokens", "6")
         set_field(page, "temperature", "0")
         session = page.evaluate("() => window.haloweave.client.session")
-        headers = {"Authorization": f"Bearer {session['token']}"}
-        settings_url = f"{stack.gateway_url}/v1/sessions/{session['session_id']}/settings"
         page.wait_for_function("() => document.getElementById('set-max_new_tokens').value === '6'")
-        for _ in range(100):
-            if httpx.get(settings_url, headers=headers, timeout=10).json()["max_new_tokens"] == 6:
-                break
-            page.wait_for_timeout(100)  # polling the server for the change, not a timed assertion
-        assert httpx.get(settings_url, headers=headers, timeout=10).json()["max_new_tokens"] == 6
+        assert server_setting(stack, page, "max_new_tokens", 6) == 6
         assert json.loads(page.evaluate("() => localStorage.getItem('haloweave.settings')"))["max_new_tokens"] == 6
 
         # Chat: the reply streams in as token spans, coloured by brightness.
@@ -252,14 +260,7 @@ def test_recall_is_a_setting_and_a_recalled_sentence_comes_back_in_the_transcrip
         page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Connected: ')")
         page.click("#btn-settings")
         page.check("#set-recall")
-        session = page.evaluate("() => window.haloweave.client.session")
-        headers = {"Authorization": f"Bearer {session['token']}"}
-        settings_url = f"{stack.gateway_url}/v1/sessions/{session['session_id']}/settings"
-        for _ in range(100):
-            if httpx.get(settings_url, headers=headers, timeout=10).json()["recall"] is True:
-                break
-            page.wait_for_timeout(100)  # polling the server for the change, not a timed assertion
-        assert httpx.get(settings_url, headers=headers, timeout=10).json()["recall"] is True
+        assert server_setting(stack, page, "recall", True) is True
         page.evaluate(
             """() => {
                 const c = window.haloweave.client;

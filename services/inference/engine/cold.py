@@ -53,7 +53,8 @@ class ColdTier:
             self.dropped.difference_update(chunk.positions)
 
     def all(self) -> ColdChunk | None:
-        """Every cold token as one chunk in position order (for scoring and export); None when the tier is empty."""
+        """Every cold token as one chunk in position order (for scoring and export), `recomputed` when any part is;
+        None when the tier is empty."""
         if not self.chunks:
             return None
         positions = [p for c in self.chunks for p in c.positions]
@@ -61,7 +62,10 @@ class ColdTier:
         kv = torch.cat([c.kv for c in self.chunks], dim=3) if len(self.chunks) > 1 else self.chunks[0].kv
         order = sorted(range(len(positions)), key=positions.__getitem__)
         index = torch.tensor(order, dtype=torch.long)
-        return ColdChunk([positions[i] for i in order], [token_ids[i] for i in order], kv.index_select(3, index))
+        recomputed = any(c.recomputed for c in self.chunks)
+        return ColdChunk(
+            [positions[i] for i in order], [token_ids[i] for i in order], kv.index_select(3, index), recomputed
+        )
 
     def take(self, positions: set[int]) -> ColdChunk | None:
         """Removes the listed positions that are held and returns them as one chunk in position order."""
