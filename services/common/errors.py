@@ -47,6 +47,13 @@ class Unavailable(HaloWeaveError):
     code = "unavailable"
 
 
+class Aborted(HaloWeaveError):
+    """A newer attempt at the same work took over (e.g. a reply's stream reopened after a fault): retry from what is
+    committed, never from what this attempt holds."""
+
+    code = "aborted"
+
+
 class Overloaded(HaloWeaveError):
     """No room for one more request (every slot taken, the queue at its bound): try again shortly."""
 

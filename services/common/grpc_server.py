@@ -36,6 +36,7 @@ _STATUS = {
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "internal": grpc.StatusCode.INTERNAL,
+    "aborted": grpc.StatusCode.ABORTED,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "busy": grpc.StatusCode.FAILED_PRECONDITION,
 }
@@ -49,6 +50,7 @@ _ERRORS: dict[grpc.StatusCode, type[HaloWeaveError]] = {
     grpc.StatusCode.DATA_LOSS: errors.DataLoss,
     grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.ABORTED: errors.Aborted,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
 }
 

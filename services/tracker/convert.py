@@ -88,6 +88,7 @@ def opened_to_pb(session_id: str, opened: Opened) -> pb.GenerateResponse:
         turn_id=opened.turn_id,
         settings=settings_to_pb(opened.settings),
         context=context_to_pb(session_id, opened.context),
+        resumed_step=opened.resumed_step,
     )
     if opened.pruned is not None:
         message.pruned.CopyFrom(context_to_pb(session_id, opened.pruned))

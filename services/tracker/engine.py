@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from services.tracker import dictionary, restore
 from services.tracker.frames import FrameInput, reduce_frame
 from services.tracker.restore import ExportedToken
@@ -50,6 +50,8 @@ class Opened:
     pruned_sentences: int
     pruned: ContextView | None = None  # recall on: the deleted tokens
     probe_positions: list[int] | None = None  # recall on: the latest user message's text
+    resumed_step: int = 0  # a resumed reply: its tokens committed so far (the context's last entries)
+    attempt: int = 0  # this stream's attempt: the messages that follow must carry it
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,7 @@ class Engine:
             if meta.gen_turn >= 0:
                 if not meta.orphaned:
                     raise FailedPrecondition(f"session {session_id!r} is generating a reply; wait for it to finish")
-                self._close_generation(draft, None, "error", {"code": "aborted", "message": "the reply was abandoned"})
+                self._abandon(draft)
             first = meta.next_position
             turn = self._append_tokens(draft, role, tokenised.token_ids, tokenised.pieces)
             return turn, first, meta.next_position - 1
@@ -239,26 +241,45 @@ class Engine:
             if job_id in meta.done_jobs.split(","):
                 # Its worker died after the reply ended but before marking the job done: the reply exists already.
                 raise AlreadyExists(f"job {job_id!r} of session {session_id!r} has already finished")
+            if meta.gen_turn >= 0 and meta.job_id == job_id:
+                # The same job again (its worker died, or its stream broke): the reply continues from what is
+                # committed, as the same turn; the earlier stream is fenced off by the new attempt.
+                meta.orphaned, meta.attempt = 0, meta.attempt + 1
+                return self._opened(draft, meta.gen_turn, resumed_step=meta.step)
             if meta.gen_turn >= 0:
-                # A reclaimed job (its worker died): close the abandoned reply before starting a new one.
-                self._close_generation(draft, None, "error", {"code": "aborted", "message": "the reply was abandoned"})
+                # Another job's reply was left open (a job superseded by a newer one): it ends before this starts.
+                self._abandon(draft)
             turn = self._append_tokens(draft, "assistant", header.token_ids, header.pieces)
             meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = turn, job_id, 0, 0, 0
+            meta.attempt = 1
             meta.gen_started = time.time()
-            pruned = dictionary.prune(draft)
-            return Opened(
-                turn,
-                draft.state.settings,
-                meta.settings_version,
-                context_of(draft.state),
-                len(pruned.positions),
-                pruned.sentences,
-                pruned_of(draft.state) if draft.state.settings.recall else None,
-                self._message_text(draft.state, meta.last_user_turn) if draft.state.settings.recall else None,
-            )
+            return self._opened(draft, turn)
 
         result, _ = await self._run(session_id, change)
         return result
+
+    def _opened(self, draft: Draft, turn: int, resumed_step: int = 0) -> Opened:
+        """Prunes to the budget (the header just appended may need room) and describes the context to prefill."""
+        meta = draft.state.meta
+        pruned = dictionary.prune(draft)
+        recall = draft.state.settings.recall
+        return Opened(
+            turn,
+            draft.state.settings,
+            meta.settings_version,
+            context_of(draft.state),
+            len(pruned.positions),
+            pruned.sentences,
+            pruned_of(draft.state) if recall else None,
+            self._message_text(draft.state, meta.last_user_turn) if recall else None,
+            resumed_step,
+            meta.attempt,
+        )
+
+    def _abandon(self, draft: Draft) -> None:
+        """Ends an open reply whose job will not continue it; that job, if it ever runs again, finds it done."""
+        _remember_done(draft.state.meta, draft.state.meta.job_id)
+        self._close_generation(draft, None, "error", {"code": "aborted", "message": "the reply was abandoned"})
 
     def _message_text(self, state: SessionState, turn: int) -> list[int]:
         """The positions of a user turn's text: its entries without the template's header and trailer."""
@@ -267,14 +288,16 @@ class Engine:
         text = entries[head : len(entries) - tail] if len(entries) > head + tail else entries
         return state.arrays["pos"][text].tolist()
 
-    async def recall(self, session_id: str, job_id: str, probe: RecallProbe) -> RecallOutcome:
+    async def recall(
+        self, session_id: str, job_id: str, probe: RecallProbe, attempt: int | None = None
+    ) -> RecallOutcome:
         """Brings back the pruned sentences the latest user message attends to (services/tracker/recall.py), then
         prunes to the budget by the same probe. A probe that cannot be used changes nothing and says why: a reply
         never fails because of recall."""
 
         def change(draft: Draft) -> RecallOutcome:
             state, meta = draft.state, draft.state.meta
-            self._check_job(meta, session_id, job_id)
+            self._check_job(meta, session_id, job_id, attempt)
             refused = _probe_problem(state, probe)
             if refused:
                 return RecallOutcome([], [], [], 0, 0, 0, refused)
@@ -294,10 +317,10 @@ class Engine:
         result, _ = await self._run(session_id, change)
         return result
 
-    async def frame(self, session_id: str, job_id: str, frame: FrameInput) -> StepOutcome:
+    async def frame(self, session_id: str, job_id: str, frame: FrameInput, attempt: int | None = None) -> StepOutcome:
         def change(draft: Draft) -> StepOutcome:
             state, meta = draft.state, draft.state.meta
-            self._check_job(meta, session_id, job_id)
+            self._check_job(meta, session_id, job_id, attempt)
             if not 0 <= frame.token_id < self.vocab_size:
                 raise InvalidArgument(
                     f"frame token_id {frame.token_id} is outside the vocabulary (0..{self.vocab_size - 1})"
@@ -336,9 +359,11 @@ class Engine:
         result, _ = await self._run(session_id, change)
         return result
 
-    async def finish(self, session_id: str, job_id: str, reason: str, stats: dict[str, Any]) -> int:
+    async def finish(
+        self, session_id: str, job_id: str, reason: str, stats: dict[str, Any], attempt: int | None = None
+    ) -> int:
         def change(draft: Draft) -> int:
-            self._check_job(draft.state.meta, session_id, job_id)
+            self._check_job(draft.state.meta, session_id, job_id, attempt)
             turn = draft.state.meta.gen_turn
             _remember_done(draft.state.meta, job_id)
             self._close_generation(draft, reason, "done", stats)
@@ -347,9 +372,9 @@ class Engine:
         result, _ = await self._run(session_id, change)
         return result
 
-    async def fail(self, session_id: str, job_id: str, code: str, message: str) -> int:
+    async def fail(self, session_id: str, job_id: str, code: str, message: str, attempt: int | None = None) -> int:
         def change(draft: Draft) -> int:
-            self._check_job(draft.state.meta, session_id, job_id)
+            self._check_job(draft.state.meta, session_id, job_id, attempt)
             turn = draft.state.meta.gen_turn
             error = {"code": code or "internal", "message": message, "job_id": job_id}
             _remember_done(draft.state.meta, job_id)
@@ -359,19 +384,27 @@ class Engine:
         result, _ = await self._run(session_id, change)
         return result
 
-    async def orphan(self, session_id: str, job_id: str) -> None:
-        """The stream of this job ended without Finish or Fail: the next message or Open may close the reply."""
+    async def orphan(self, session_id: str, job_id: str, attempt: int | None = None) -> None:
+        """The stream of this job ended without Finish or Fail: the next message may close the reply, and an Open of
+        the same job continues it. A stream that a newer one replaced orphans nothing."""
 
         def change(draft: Draft) -> None:
             meta = draft.state.meta
-            if meta.gen_turn >= 0 and meta.job_id == job_id:
+            if meta.gen_turn >= 0 and meta.job_id == job_id and attempt in (None, meta.attempt):
                 meta.orphaned = 1
 
         await self._run(session_id, change)
 
-    def _check_job(self, meta: Meta, session_id: str, job_id: str) -> None:
+    def _check_job(self, meta: Meta, session_id: str, job_id: str, attempt: int | None) -> None:
+        """The stream's job holds the open reply, and (given `attempt`, as the servicer always does) no newer stream
+        of the same job has taken it over."""
         if meta.gen_turn < 0 or meta.job_id != job_id:
             raise FailedPrecondition(f"job {job_id!r} holds no open generation of session {session_id!r}")
+        if attempt is not None and attempt != meta.attempt:
+            raise Aborted(
+                f"job {job_id!r} of session {session_id!r}: a newer stream (attempt {meta.attempt}) continues this "
+                f"reply; this one (attempt {attempt}) is closed"
+            )
 
     def _close_generation(self, draft: Draft, reason: str | None, event: str, data: dict[str, Any]) -> None:
         state, meta = draft.state, draft.state.meta
@@ -391,7 +424,7 @@ class Engine:
         else:
             draft.emit("error", data)
         meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = -1, "", 0, 0, 0
-        meta.recalled_keys = ""
+        meta.recalled_keys, meta.attempt = "", 0
 
     # ---- export and restore ---------------------------------------------------------------------------------------
 
@@ -432,7 +465,7 @@ class Engine:
             meta.last_user_turn = int(users.max()) if users.size else -1
             meta.next_gsent = int(columns["gsent"][-1]) + 1 if len(texts) else 0
             meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = -1, "", 0, 0, 0
-            meta.recalled_keys = ""
+            meta.recalled_keys, meta.attempt = "", 0
             meta.pruned_tokens = int(columns["deleted"].sum())
             for name, values in columns.items():
                 draft.set_array(name, values)

@@ -78,7 +78,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         self, request_iterator: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         session_id = job_id = ""
-        settings_version = -1
+        settings_version = attempt = -1
         closed = probed = False
         try:
             async for request in request_iterator:
@@ -90,7 +90,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                         raise InvalidArgument("open.session_id is empty")
                     opened = await self.engine.open(request.open.session_id, request.open.job_id)
                     session_id, job_id = request.open.session_id, request.open.job_id
-                    settings_version = opened.settings_version
+                    settings_version, attempt = opened.settings_version, opened.attempt
                     self._count_pruned(opened.settings.prune_mode, opened.pruned_tokens, opened.pruned_sentences)
                     yield convert.opened_to_pb(session_id, opened)
                 elif not session_id:
@@ -98,7 +98,9 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                 elif kind == "frame":
                     received = time.perf_counter()
                     try:
-                        outcome = await self.engine.frame(session_id, job_id, convert.frame_from_pb(request.frame))
+                        outcome = await self.engine.frame(
+                            session_id, job_id, convert.frame_from_pb(request.frame), attempt
+                        )
                     except HaloWeaveError as error:
                         metrics.FRAME_ERRORS.labels(error.code).inc()
                         raise
@@ -114,7 +116,9 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     if probed:
                         raise FailedPrecondition("a reply sends at most one RecallProbe")
                     probed = True
-                    recalled = await self.engine.recall(session_id, job_id, convert.probe_from_pb(request.recall))
+                    recalled = await self.engine.recall(
+                        session_id, job_id, convert.probe_from_pb(request.recall), attempt
+                    )
                     if recalled.refused:
                         log.warning("session %s: recall probe of job %s: %s", session_id, job_id, recalled.refused)
                     if recalled.positions:
@@ -126,12 +130,12 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     f = request.finish
                     stats = {"tokens": f.tokens, "time_to_first_token_s": f.time_to_first_token_s}
                     stats["tokens_per_s"] = f.tokens_per_s
-                    turn = await self.engine.finish(session_id, job_id, f.reason or "eos", stats)
+                    turn = await self.engine.finish(session_id, job_id, f.reason or "eos", stats, attempt)
                     closed = True
                     yield pb.GenerateResponse(closed=pb.Closed(turn_id=turn))
                     return
                 elif kind == "fail":
-                    turn = await self.engine.fail(session_id, job_id, request.fail.code, request.fail.message)
+                    turn = await self.engine.fail(session_id, job_id, request.fail.code, request.fail.message, attempt)
                     closed = True
                     yield pb.GenerateResponse(closed=pb.Closed(turn_id=turn))
                     return
@@ -140,13 +144,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         finally:
             if session_id and not closed:
                 # Runs outside the (possibly cancelled) stream task so that the mark is written.
-                task = asyncio.get_running_loop().create_task(self._orphan(session_id, job_id))
+                task = asyncio.get_running_loop().create_task(self._orphan(session_id, job_id, attempt))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-    async def _orphan(self, session_id: str, job_id: str) -> None:
+    async def _orphan(self, session_id: str, job_id: str, attempt: int) -> None:
         with contextlib.suppress(Exception):
-            await self.engine.orphan(session_id, job_id)
+            await self.engine.orphan(session_id, job_id, attempt)
 
     @staticmethod
     def _count_pruned(mode: str, tokens: int, sentences: int) -> None:

@@ -53,6 +53,9 @@ class Meta:
     step: int = 0  # the next expected frame step
     cancel: int = 0
     orphaned: int = 0  # the stream of the open generation ended without Finish or Fail
+    # Streams opened for the open generation: each Open of the same job (a resume) takes the next, and messages of
+    # an earlier stream are refused, so a stale stream can never commit after the one that replaced it.
+    attempt: int = 0
     settings_version: int = 0
     pruned_tokens: int = 0
     pruned_sentences: int = 0

@@ -117,6 +117,50 @@ async def test_a_reply_over_the_stream(trackers: list[Tracker], redis_server: tu
     assert generated[0]["token_id"] == 30 and generated[0]["role"] == "assistant"
 
 
+async def test_a_second_stream_of_the_same_job_continues_the_reply_and_fences_the_first(
+    trackers: list[Tracker], redis_server: tuple[Proc, str]
+) -> None:
+    """A worker that died (or whose stream broke) mid-reply: the job's next stream continues the same turn from the
+    committed step; the first stream can commit nothing more, and its end orphans nothing."""
+    ch, stub = stub_for(trackers[0].address)
+    async with ch:
+        sid = (await stub.CreateSession(pb.CreateSessionRequest(settings=pb.Settings(min_distance=0)))).session_id
+        await stub.AppendMessage(pb.AppendMessageRequest(session_id=sid, role="user", text="Hi there."))
+        first, opened = await open_stream(stub, sid, "job-r")
+        n = len(opened.context.positions)
+        assert opened.resumed_step == 0
+        for step, token in enumerate((40, 41)):
+            await first.write(frame(step, token, np.full(n + step, 0.5)))
+            await first.read()
+        second, resumed = await open_stream(stub, sid, "job-r")
+        assert resumed.turn_id == opened.turn_id and resumed.resumed_step == 2
+        assert list(resumed.context.token_ids) == [*opened.context.token_ids, 40, 41]  # no second header
+        await first.write(frame(2, 42, np.full(n + 2, 0.5)))
+        with pytest.raises(grpc.aio.AioRpcError) as fenced:
+            await first.read()
+        assert fenced.value.code() == grpc.StatusCode.ABORTED
+        first.cancel()
+        await asyncio.sleep(0.3)  # the first stream's end is recorded in the background: it must orphan nothing
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await stub.AppendMessage(pb.AppendMessageRequest(session_id=sid, role="user", text="again"))
+        assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        await second.write(frame(2, 43, np.full(n + 2, 0.5)))
+        assert (await second.read()).directive.position == opened.context.next_position + 2
+        await second.write(pb.GenerateRequest(finish=pb.Finish(reason="length", tokens=3)))
+        assert (await second.read()).closed.turn_id == opened.turn_id
+        await second.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as finished:
+            await open_stream(stub, sid, "job-r")
+        assert finished.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    redis = Redis.from_url(redis_server[1])
+    events = await read_events(redis, sid)
+    await redis.aclose()
+    types = [e["type"] for e in events]
+    assert types.count("done") == 1 and "error" not in types
+    reply = [e["token_id"] for e in events if e["type"] == "token" and e["turn_id"] == opened.turn_id]
+    assert [t for t in reply if t in (40, 41, 42, 43)] == [40, 41, 43]  # 42, of the fenced stream, never landed
+
+
 BAD_FRAMES = {
     "short": lambda n: frame(0, 5, np.full(n - 1, 0.1)),
     "nan": lambda n: frame(0, 5, [0.1] * (n - 1) + [float("nan")]),
