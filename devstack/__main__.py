@@ -1,16 +1,19 @@
-"""`make run`: start the whole system locally and print the chat page's URL; Ctrl-C stops everything it started."""
+"""`make run`: start the whole system locally and print the chat page's URL; Ctrl-C stops everything it started.
+
+The services are supervised: one that exits is started again on the same ports (devstack/supervisor.py), and the
+console says so. Only Ctrl-C or SIGTERM stops the system.
+"""
 
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
 import sys
 import time
-from types import FrameType
 
 from devstack.procs import free_port
 from devstack.stack import Ports, Stack, default_workdir
+from devstack.supervisor import sigterm_as_interrupt
 
 
 def port_or_free(preferred: int) -> int:
@@ -34,42 +37,27 @@ def main(argv: list[str] | None = None) -> int:
     ports.gateway = port_or_free(args.port)
     workdir = default_workdir()
     print(f"Starting Halo Weave (state in {workdir}, logs in {workdir / 'logs'})", flush=True)
-    stack = Stack(workdir=workdir, workers=args.workers, snapshot_url=args.snapshot_url, ports=ports, log=True)
+    stack = Stack(
+        workdir=workdir, workers=args.workers, snapshot_url=args.snapshot_url, ports=ports, log=True, supervise=True
+    )
 
-    stopping = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
+    sigterm_as_interrupt()
     try:
         stack.start()
+        line = "=" * 64
+        print(f"\n{line}\n  Halo Weave is running. Open the chat:  {stack.gateway_url}/\n{line}", flush=True)
+        print("  Ctrl-C stops everything.", flush=True)
+        while True:  # the supervisor's threads restart whatever exits
+            time.sleep(3600)
     except KeyboardInterrupt:
-        print("\ninterrupted; stopped everything", flush=True)
-        return 130
+        return 0 if stack.supervisor is not None and stack.procs else 130
     except (TimeoutError, RuntimeError) as error:
         print(f"\nstart-up failed: {error}", file=sys.stderr, flush=True)
         return 1
-
-    line = "=" * 64
-    print(f"\n{line}\n  Halo Weave is running. Open the chat:  {stack.gateway_url}/\n{line}", flush=True)
-    print("  Ctrl-C stops everything.", flush=True)
-    try:
-        while not stopping:
-            dead = stack.dead()
-            if dead:
-                for name in dead:
-                    print(f"\n{name} exited unexpectedly:\n{stack.procs[name].tail()}", file=sys.stderr, flush=True)
-                return 1
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         print("\nstopping...", flush=True)
         stack.stop()
         print("stopped.", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,20 +2,23 @@
 
 Used by `make run` (fixed, friendly ports where free) and by the end-to-end tests (free ports, a private work dir).
 Services are started in dependency order and each is waited on through its own health check, never a fixed sleep.
+With `supervise` (make run, the fault tests) a service that exits is started again on the same ports (`supervisor`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-from devstack.procs import Proc, free_port, python_module, start_redis, wait_until
+from devstack.procs import Proc, free_port, python_module, redis_argv, redis_ping, wait_until
+from devstack.supervisor import Service, Supervisor
 from services.common.grpc_server import check_health
 
 # Generous: the inference service loads the model and starts Ray, which takes tens of seconds on a busy 2-core machine.
@@ -52,7 +55,8 @@ class Stack:
     """Starts everything on enter, stops everything (by pid, in reverse order) on exit.
 
     `services` starts a subset (benchmarks and tests of one service); the others' addresses then point at ports nobody
-    listens on. `redis_url_override` uses a Redis that is already running instead of starting one.
+    listens on. `redis_url_override` uses a Redis that is already running instead of starting one. `supervise`
+    restarts a service that exits (`supervisor.history` says when); without it `dead()` names the ones that did.
     """
 
     workdir: Path
@@ -64,7 +68,8 @@ class Stack:
     ports: Ports = field(default_factory=Ports.free)
     redis_appendonly: bool = True
     log: bool = False  # print progress lines (make run)
-    procs: dict[str, Proc] = field(default_factory=dict)
+    supervise: bool = False
+    supervisor: Supervisor | None = None
 
     # ---- addresses ------------------------------------------------------------------------------------------------
     @property
@@ -124,47 +129,50 @@ class Stack:
             **(self.env or {}),
         }
 
+    @property
+    def procs(self) -> dict[str, Proc]:
+        """The current process of every started service (redis included), by name."""
+        return self.supervisor.procs if self.supervisor is not None else {}
+
     def _say(self, message: str) -> None:
         if self.log:
             print(f"  {message}", flush=True)
 
-    def _start(self, name: str, check: str, timeout: float) -> Proc:
-        started = time.monotonic()
-        proc = Proc(name, python_module(f"services.{name}"), self.service_env(), self.workdir / "logs" / f"{name}.log")
-        self.procs[name] = proc
-        if check.startswith("http"):
-            wait_until(lambda: http_ok(check), timeout, f"{name} at {check}", proc)
-        else:
-            wait_until(lambda: grpc_healthy(check), timeout, f"{name} gRPC health at {check}", proc)
-        self._say(f"{name:<9} ready in {time.monotonic() - started:4.1f} s (pid {proc.pid})")
-        return proc
+    def _services(self) -> list[Service]:
+        """What the supervisor starts, in order; each restart runs the same command with the same environment."""
+        logs = self.workdir / "logs"
+        services = []
+        if self.redis_url_override is None:
+            data, port = self.workdir / "redis", self.ports.redis
+            data.mkdir(parents=True, exist_ok=True)
+            argv = redis_argv(data, port, appendonly=self.redis_appendonly)
+            spawn = functools.partial(Proc, "redis", argv, {}, logs / "redis.log")
+            services.append(Service("redis", spawn, functools.partial(redis_ping, port), 15))
+        checks: dict[str, Callable[[], bool]] = {
+            "tracker": lambda: grpc_healthy(self.tracker_addr),
+            "snapshot": lambda: grpc_healthy(self.snapshot_addr),
+            "inference": lambda: grpc_healthy(self.inference_addr),
+            "gateway": lambda: http_ok(f"{self.gateway_url}/healthz"),
+        }
+        env = self.service_env()
+        for name in SERVICES:
+            if name in self.services:
+                argv = python_module(f"services.{name}")
+                spawn = functools.partial(Proc, name, argv, env, logs / f"{name}.log")
+                services.append(Service(name, spawn, checks[name], START_TIMEOUTS[name]))
+        return services
 
     def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "ray").mkdir(exist_ok=True)
+        unknown = set(self.services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; known: {', '.join(SERVICES)}")
+        if "inference" in self.services:
+            self._say("(the inference service loads the model and starts Ray: its first start takes a while)")
+        self.supervisor = Supervisor(self._services(), restart=self.supervise, say=self._say)
+        self.supervisor.start()
         try:
-            unknown = set(self.services) - set(SERVICES)
-            if unknown:
-                raise ValueError(f"unknown services {sorted(unknown)}; known: {', '.join(SERVICES)}")
-            if self.redis_url_override is None:
-                self.procs["redis"] = start_redis(
-                    self.workdir / "redis",
-                    self.ports.redis,
-                    self.workdir / "logs" / "redis.log",
-                    appendonly=self.redis_appendonly,
-                )
-                self._say(f"redis     ready on port {self.ports.redis} (pid {self.procs['redis'].pid})")
-            checks = {
-                "tracker": self.tracker_addr,
-                "snapshot": self.snapshot_addr,
-                "inference": self.inference_addr,
-                "gateway": f"{self.gateway_url}/healthz",
-            }
-            for name in SERVICES:
-                if name in self.services:
-                    if name == "inference":
-                        self._say("inference loading the model and starting Ray (first start takes a while)...")
-                    self._start(name, checks[name], START_TIMEOUTS[name])
             if set(self.services) == set(SERVICES):  # /readyz needs every dependency up
                 wait_until(lambda: http_ok(f"{self.gateway_url}/readyz"), 60, "gateway /readyz", self.procs["gateway"])
         except BaseException:
@@ -173,13 +181,12 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.procs[name].stop()
-        self.procs.clear()
+        if self.supervisor is not None:
+            self.supervisor.stop()
 
     def dead(self) -> list[str]:
-        """Names of started services whose process has exited."""
-        return [name for name, proc in self.procs.items() if not proc.alive()]
+        """Names of started services whose process has exited (and, when supervised, is not back yet)."""
+        return self.supervisor.dead() if self.supervisor is not None else []
 
     def __enter__(self) -> Stack:
         return self.start()
