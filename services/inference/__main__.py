@@ -16,6 +16,7 @@ log = logging.getLogger("services.inference")
 SERVICE = "haloweave.inference.v1.Inference"
 # Ray puts Unix sockets about 70 characters deep under RAY_TMPDIR, and a socket path may not exceed 107 bytes.
 RAY_TMPDIR_MAX = 36
+LOOPBACK = "127.0.0.1"
 
 
 def short_ray_tmpdir() -> Path | None:
@@ -31,7 +32,20 @@ def short_ray_tmpdir() -> Path | None:
     return folder
 
 
+def local_ray_on_loopback() -> None:
+    """Makes the private local Ray listen on 127.0.0.1 only: its GCS, raylet, agents and every worker's gRPC server.
+
+    Ray binds its servers to the node's address, and with cluster support on (the default on Linux) it replaces a
+    loopback node address by the host's own, with some servers on every interface. Cluster support off
+    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read when `ray` is imported, inherited by the processes Ray starts) keeps
+    the node on 127.0.0.1, which is all a private Ray needs. tests/e2e/test_listen.py checks every listening socket.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
 async def serve(config: InferenceConfig) -> None:
+    if config.ray_address == "local":
+        local_ray_on_loopback()
     # Imported here, after the settings are read: a missing setting fails at once, not after loading torch and Ray.
     import ray
     from grpc_health.v1 import health_pb2
@@ -46,8 +60,15 @@ async def serve(config: InferenceConfig) -> None:
     link_folder = None
     if config.ray_address == "local":
         link_folder = short_ray_tmpdir()
-        # address="local" never joins a stray cluster; fractional actors share these CPUs.
-        ray.init(address="local", num_cpus=config.ray_num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        # address="local" never joins a stray cluster; fractional actors share these CPUs. Loopback only (see
+        # `local_ray_on_loopback`); no dashboard.
+        ray.init(
+            address="local",
+            num_cpus=config.ray_num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _node_ip_address=LOOPBACK,
+        )
     else:
         ray.init(address=config.ray_address, logging_level=logging.WARNING)
     driver = Driver(config)
