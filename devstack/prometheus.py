@@ -23,7 +23,14 @@ def job_name(service: str) -> str:
     return f"haloweave-{service}"
 
 
-def scrape_config(metrics_urls: dict[str, str], interval_s: float, rule_files: Sequence[Path] = ()) -> dict[str, Any]:
+def scrape_config(
+    metrics_urls: dict[str, str],
+    interval_s: float,
+    rule_files: Sequence[Path] = (),
+    alertmanagers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Scrapes and rule evaluation every `interval_s`; firing alerts go to `alertmanagers` (host:port), as the
+    `alerting:` section of deploy/prometheus/prometheus.yml sends them to compose's Alertmanager."""
     jobs = [
         {
             "job_name": job_name(service),
@@ -39,6 +46,8 @@ def scrape_config(metrics_urls: dict[str, str], interval_s: float, rule_files: S
     }
     if rule_files:
         config["rule_files"] = [str(path) for path in rule_files]
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     return config
 
 
@@ -50,7 +59,11 @@ def targets_up(url: str) -> dict[str, str]:
 
 @contextmanager
 def running(
-    metrics_urls: dict[str, str], workdir: Path, interval_s: float, rule_files: Sequence[Path] = ()
+    metrics_urls: dict[str, str],
+    workdir: Path,
+    interval_s: float,
+    rule_files: Sequence[Path] = (),
+    alertmanagers: Sequence[str] = (),
 ) -> Iterator[str]:
     """Prometheus's base URL, once it is ready and every target has been scraped successfully; stopped on exit."""
     binary = shutil.which("prometheus")
@@ -58,7 +71,7 @@ def running(
         raise RuntimeError("prometheus is not installed: install Debian's prometheus package (make setup)")
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(metrics_urls, interval_s, rule_files)))
+    config.write_text(yaml.safe_dump(scrape_config(metrics_urls, interval_s, rule_files, alertmanagers)))
     port = free_port()
     argv = [
         binary,

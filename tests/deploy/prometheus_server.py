@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,12 +44,16 @@ class Prometheus:
 
 
 @contextmanager
-def running_prometheus(metrics_urls: dict[str, str], workdir: Path) -> Iterator[Prometheus]:
-    """Scraping every second with the project's alert rules loaded (`devstack.prometheus`)."""
+def running_prometheus(
+    metrics_urls: dict[str, str], workdir: Path, rules: Path | None = None, alertmanagers: Sequence[str] = ()
+) -> Iterator[Prometheus]:
+    """Scraping and evaluating every second with the project's alert rules loaded (`devstack.prometheus`), or the
+    rendered copy of them given as `rules`; firing alerts go to `alertmanagers` (host:port)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    rules = workdir / "alerts.yml"
-    shutil.copyfile(ALERTS, rules)
-    with prometheus.running(metrics_urls, workdir, SCRAPE_INTERVAL_S, [rules]) as url:
+    if rules is None:
+        rules = workdir / "alerts.yml"
+        shutil.copyfile(ALERTS, rules)
+    with prometheus.running(metrics_urls, workdir, SCRAPE_INTERVAL_S, [rules], alertmanagers) as url:
         yield Prometheus(url)
 
 

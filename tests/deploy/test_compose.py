@@ -18,10 +18,11 @@ SECRETS = {
     "RAY_AUTH_TOKEN": "cd" * 32,
     "S3_SECRET_KEY": "compose-test-secret",
     "GRAFANA_ADMIN_PASSWORD": "compose-test-password",
+    "ALERTMANAGER_WEBHOOK_URL": "https://hooks.example.com/services/compose-test",
 }
 LONG_RUNNING = {
     "redis", "s3", "tracker", "snapshot", "ray-head", "ray-worker", "ray-worker-gpu", "inference", "gateway",
-    "prometheus", "grafana",
+    "prometheus", "alertmanager", "grafana",
 }  # fmt: skip
 
 
@@ -101,6 +102,35 @@ def test_prometheus_scrapes_the_compose_services_on_their_metrics_ports(config: 
     assert targets["haloweave-gateway"] == "gateway:8000"
     mounts = {volume["target"]: volume.get("source", "") for volume in config["services"]["prometheus"]["volumes"]}
     assert mounts["/etc/prometheus"] == str(ROOT / "deploy" / "prometheus")
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager(config: dict[str, Any]) -> None:
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (alertmanagers,) = scrape["alerting"]["alertmanagers"]
+    (target,) = alertmanagers["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    alertmanager = config["services"][host]
+    assert alertmanager["image"].startswith("prom/alertmanager:")
+    assert {p["target"] for p in alertmanager["ports"]} == {int(port)}
+    assert f"http://127.0.0.1:{port}/-/ready" in alertmanager["healthcheck"]["test"]
+    assert config["services"]["prometheus"]["depends_on"][host]["condition"] == "service_started"
+
+
+def test_alertmanager_reads_the_project_config_and_its_webhook_url_from_a_secret(config: dict[str, Any]) -> None:
+    alertmanager = config["services"]["alertmanager"]
+    mounts = {volume["target"]: volume for volume in alertmanager["volumes"]}
+    assert mounts["/etc/alertmanager"]["source"] == str(ROOT / "deploy" / "alertmanager")
+    assert mounts["/etc/alertmanager"]["read_only"] is True
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in alertmanager["command"]
+    # A single instance opens no gossip port (its default listens on every address, 9094).
+    assert "--cluster.listen-address=" in alertmanager["command"]
+    receivers = yaml.safe_load((ROOT / "deploy" / "alertmanager" / "alertmanager.yml").read_text())["receivers"]
+    url_files = {hook["url_file"] for receiver in receivers for hook in receiver.get("webhook_configs", [])}
+    secret_files = {secret["target"] for secret in alertmanager["secrets"]}
+    assert url_files and url_files <= secret_files, f"{url_files} not mounted from a secret: {secret_files}"
+    (name,) = [secret["source"] for secret in alertmanager["secrets"]]
+    assert config["secrets"][name]["environment"] == "ALERTMANAGER_WEBHOOK_URL"
+    assert alertmanager["read_only"] is True and alertmanager["cap_drop"] == ["ALL"]
 
 
 def test_grafana_gets_the_dashboard_and_its_datasource(config: dict[str, Any]) -> None:

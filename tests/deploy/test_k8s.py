@@ -1,10 +1,10 @@
 """The Kubernetes manifests: every overlay rendered by kustomize (kubectl's built-in), every core resource validated
 strictly against the Kubernetes schema by kubernetes-validate, and the project's rules for workloads checked.
 
-Custom resources have no schema in kubernetes-validate: RayCluster (KubeRay), ServiceMonitor and PrometheusRule
-(Prometheus operator) are listed as unchecked by it, with that reason. The RayCluster's pod templates, which are most of
-it, are validated strictly as core Pods; the PrometheusRule must hold exactly the rule groups that promtool checks and
-unit-tests; the fields the operators need are checked here.
+Custom resources have no schema in kubernetes-validate: RayCluster (KubeRay), Prometheus, ServiceMonitor and
+PrometheusRule (Prometheus operator) are listed as unchecked by it, with that reason. The RayCluster's pod templates,
+which are most of it, are validated strictly as core Pods; the PrometheusRule must hold exactly the rule groups that
+promtool checks and unit-tests; the fields the operators need are checked here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 import ray
 import yaml
 
+from tests.deploy.alertmanager_server import ALERTMANAGER_CONFIG
 from tests.deploy.catalogue import ALERTS, ROOT
 from tests.deploy.tools import require_tool, run
 
@@ -26,6 +27,7 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("base", "dev", "gpu")
 CUSTOM_KINDS = {
     ("ray.io/v1", "RayCluster"): "KubeRay CRD: kubernetes-validate has no schema for it; pod templates checked as Pods",
+    ("monitoring.coreos.com/v1", "Prometheus"): "Prometheus operator CRD: kubernetes-validate has no schema for it",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus operator CRD: kubernetes-validate has no schema for it",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "Prometheus operator CRD: its rules are the ones promtool checks",
 }
@@ -45,6 +47,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Doc]]:
     gpu = copy / "overlays" / "gpu"
     (gpu / "snapshot-key.env").write_text(f"master-key={'5a' * 32}\n")
     (gpu / "s3-credentials.env").write_text("access-key-id=test-access\nsecret-access-key=test-secret\n")
+    (gpu / "alertmanager-webhook.env").write_text("url=https://hooks.example.com/services/test\n")
     out = {}
     for name in OVERLAYS:
         code, text = kustomize(copy / "base" if name == "base" else copy / "overlays" / name)
@@ -243,3 +246,59 @@ def test_the_service_monitor_scrapes_every_service_metrics_port(rendered: dict[s
 def test_the_prometheus_rule_holds_the_promtool_checked_alerts(rendered: dict[str, list[Doc]]) -> None:
     (rule,) = find(rendered["gpu"], "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+# ---- alerting ---------------------------------------------------------------------------------------------------
+
+
+def test_the_alertmanager_config_is_the_one_amtool_checks() -> None:
+    # kustomize reads only files under its own folder: base keeps a copy of deploy/alertmanager/alertmanager.yml.
+    assert (K8S / "base" / "alertmanager-config.yml").read_text() == ALERTMANAGER_CONFIG.read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_sends_to_the_alertmanager_and_evaluates_the_rules(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    (prometheus,) = find(docs, "Prometheus")
+    spec = prometheus["spec"]
+    (endpoint,) = spec["alerting"]["alertmanagers"]
+    (service,) = find(docs, "Service", endpoint["name"])
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    if overlay != "base":  # the base has no namespace; an overlay's Prometheus looks in its own
+        assert endpoint["namespace"] == prometheus["metadata"]["namespace"] == service["metadata"]["namespace"]
+    for kind, selector in (("ServiceMonitor", "serviceMonitorSelector"), ("PrometheusRule", "ruleSelector")):
+        labels = spec[selector]["matchLabels"]
+        selected = [d for d in find(docs, kind) if labels.items() <= d["metadata"]["labels"].items()]
+        assert [d["metadata"]["name"] for d in selected] == ["haloweave"], kind
+    # The operator's Prometheus pods: restricted as every other pod, with the Role's read-only, namespaced rights.
+    context = spec["securityContext"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] > 0
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {"cpu", "memory"} <= set(spec["resources"]["limits"])
+    (binding,) = find(docs, "RoleBinding", spec["serviceAccountName"])
+    assert binding["roleRef"]["kind"] == "Role"
+    (role,) = find(docs, "Role", binding["roleRef"]["name"])
+    assert {verb for rule in role["rules"] for verb in rule["verbs"]} == {"get", "list", "watch"}
+    assert not find(docs, "ClusterRoleBinding")
+
+
+@pytest.mark.parametrize("overlay", ("dev", "gpu"))
+def test_the_alertmanager_reads_its_webhook_url_from_the_overlays_secret(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    spec = find(docs, "Deployment", "alertmanager")[0]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "--cluster.listen-address=" in container["args"], "one instance: no gossip port on every address"
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    url_file = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["receivers"][0]["webhook_configs"][0]["url_file"]
+    folder, name = url_file.rsplit("/", 1)
+    source = volumes[mounts[folder]]["secret"]
+    (item,) = [item for item in source["items"] if item["path"] == name]
+    (secret,) = find(docs, "Secret", source["secretName"])
+    assert base64.b64decode(secret["data"][item["key"]]).decode().startswith("http")
+    config_map = volumes[mounts["/etc/alertmanager"]]["configMap"]["name"]
+    assert find(docs, "ConfigMap", config_map)[0]["data"]["alertmanager.yml"] == ALERTMANAGER_CONFIG.read_text()
