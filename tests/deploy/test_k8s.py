@@ -5,12 +5,16 @@ Custom resources have no schema in kubernetes-validate: RayCluster (KubeRay), Pr
 PrometheusRule (Prometheus operator) are listed as unchecked by it, with that reason. The RayCluster's pod templates,
 which are most of it, are validated strictly as core Pods; the PrometheusRule must hold exactly the rule groups that
 promtool checks and unit-tests; the fields the operators need are checked here.
+
+The NetworkPolicies are evaluated here as the network plugin would: for every pod of the rendered manifests (the
+RayCluster's and the Prometheus operator's included, with the labels they get), which sources may reach which ports.
 """
 
 from __future__ import annotations
 
 import base64
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +306,185 @@ def test_the_alertmanager_reads_its_webhook_url_from_the_overlays_secret(
     assert base64.b64decode(secret["data"][item["key"]]).decode().startswith("http")
     config_map = volumes[mounts["/etc/alertmanager"]]["configMap"]["name"]
     assert find(docs, "ConfigMap", config_map)[0]["data"]["alertmanager.yml"] == ALERTMANAGER_CONFIG.read_text()
+
+
+# ---- network policies -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pod:
+    where: str
+    labels: dict[str, str]
+    ports: dict[str, int]  # container port name -> number
+
+
+def pods(docs: list[Doc]) -> dict[str, Pod]:
+    """Every pod the manifests make, by its app.kubernetes.io/name, with the labels its controller gives it."""
+    found = {}
+    for where, template in pod_specs(docs).items():
+        labels = {**template["metadata"].get("labels", {}), **ray_labels(template)}
+        if where.startswith("RayCluster/"):
+            labels["ray.io/cluster"] = where.split("/")[1]
+        ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        found[labels["app.kubernetes.io/name"]] = Pod(where, labels, ports)
+    for prometheus in find(docs, "Prometheus"):
+        # The operator's StatefulSet: the CR's pod labels plus its own; Prometheus serves on its `web` port.
+        labels = {**prometheus["spec"]["podMetadata"]["labels"], "prometheus": prometheus["metadata"]["name"]}
+        found[labels["app.kubernetes.io/name"]] = Pod(
+            f"Prometheus/{prometheus['metadata']['name']}", labels, {"web": 9090}
+        )
+    return found
+
+
+def selects(selector: Doc, labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        ok = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels[key] not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def ingress_policies(docs: list[Doc], pod: Pod) -> list[Doc]:
+    return [
+        policy
+        for policy in find(docs, "NetworkPolicy")
+        if "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])
+        and selects(policy["spec"]["podSelector"], pod.labels)
+    ]
+
+
+def peer_admits(peer: Doc, source: Pod | None) -> bool:
+    """One `from` entry; `source` None is a client outside the namespace (another namespace, the internet)."""
+    if "ipBlock" in peer:
+        return True  # addresses: outside sources, and this namespace's pods too
+    if "namespaceSelector" in peer:
+        return True  # other namespaces (an empty selector: all of them), so outside sources
+    return source is not None and selects(peer["podSelector"], source.labels)
+
+
+def admits(docs: list[Doc], target: Pod, source: Pod | None, port: int) -> bool:
+    policies = ingress_policies(docs, target)
+    if not policies:
+        return True  # a pod no policy selects is not isolated
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            port_ok = not ports or any(target.ports.get(p["port"], p["port"]) == port for p in ports)
+            from_ok = not rule.get("from") or any(peer_admits(peer, source) for peer in rule["from"])
+            if port_ok and from_ok:
+                return True
+    return False
+
+
+# Connections the system makes (docs/security.md): source pod, target pod, the target's port (a name or a number).
+NEEDED = [
+    ("gateway", "tracker", "grpc"),
+    ("gateway", "snapshot", "grpc"),
+    ("gateway", "inference", "grpc"),
+    ("gateway", "redis", "redis"),
+    ("tracker", "redis", "redis"),
+    ("inference", "redis", "redis"),
+    ("inference-worker", "redis", "redis"),
+    ("inference-worker", "tracker", "grpc"),
+    ("inference-worker", "snapshot", "grpc"),
+    ("inference-worker", "inference", "gcs"),
+    ("inference-worker", "inference", 12345),  # Ray's worker ports are a range, not named
+    ("inference", "inference-worker", 12345),
+    ("inference-worker", "inference-worker", 12345),
+    ("prometheus", "tracker", "metrics"),
+    ("prometheus", "snapshot", "metrics"),
+    ("prometheus", "inference", "metrics"),
+    ("prometheus", "gateway", "http"),
+    ("prometheus", "alertmanager", "http"),
+]
+# Connections nothing needs, which the policies must refuse.
+REFUSED = [
+    ("gateway", "inference", "gcs"),
+    ("gateway", "inference", "dashboard"),
+    ("gateway", "inference-worker", 12345),
+    ("gateway", "alertmanager", "http"),
+    ("tracker", "snapshot", "grpc"),
+    ("tracker", "inference-worker", 12345),
+    ("snapshot", "redis", "redis"),
+    ("snapshot", "tracker", "grpc"),
+    ("alertmanager", "redis", "redis"),
+    ("prometheus", "redis", "redis"),
+    ("gateway", "prometheus", "web"),
+    ("redis", "tracker", "grpc"),
+]
+
+
+# No pod of the namespace connects to Prometheus: Grafana, wherever it runs, needs a rule the operator adds for it
+# (docs/security.md), and `kubectl port-forward` reaches it without one.
+REACHED_BY_NO_POD = {"prometheus"}
+
+
+def port_number(pod: Pod, port: str | int) -> int:
+    return pod.ports[port] if isinstance(port, str) else port
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_isolated_by_a_default_deny_policy(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    deny = [p for p in find(docs, "NetworkPolicy") if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"], "no default-deny ingress policy"
+    for name, pod in pods(docs).items():
+        assert deny[0] in ingress_policies(docs, pod), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_admits_sources_outside_the_namespace(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    everything = pods(docs)
+    assert {
+        "gateway",
+        "tracker",
+        "snapshot",
+        "inference",
+        "inference-worker",
+        "redis",
+        "prometheus",
+        "alertmanager",
+    } <= set(everything)
+    for name, pod in everything.items():
+        others = [p for p in ingress_policies(docs, pod) if p["spec"].get("ingress")]
+        if name == "gateway":
+            # From anywhere, but only its HTTP port.
+            assert admits(docs, pod, None, pod.ports["http"]), "the gateway must be reachable from outside"
+            assert not admits(docs, pod, None, 9999)
+            continue
+        assert others or name in REACHED_BY_NO_POD, f"{name}: only the default deny selects it; say who may reach it"
+        for policy in others:
+            for rule in policy["spec"]["ingress"]:
+                peers = rule.get("from")
+                assert peers, f"{name}: {policy['metadata']['name']} admits every source"
+                for peer in peers:
+                    assert set(peer) == {"podSelector"}, f"{name}: {policy['metadata']['name']} admits {peer}"
+                    assert any(selects(peer["podSelector"], p.labels) for p in everything.values()), (
+                        f"{name}: {policy['metadata']['name']} names sources no pod matches: {peer}"
+                    )
+        assert not any(admits(docs, pod, None, port) for port in [*pod.ports.values(), 12345]), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_connections_the_system_makes_are_admitted_and_no_others(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    everything = pods(docs)
+    for source, target, port in NEEDED:
+        number = port_number(everything[target], port)
+        assert admits(docs, everything[target], everything[source], number), f"{source} -> {target}:{port} refused"
+    for source, target, port in REFUSED:
+        number = port_number(everything[target], port)
+        assert not admits(docs, everything[target], everything[source], number), f"{source} -> {target}:{port} open"
