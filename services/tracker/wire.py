@@ -7,6 +7,15 @@ parsed from whatever bytes arrive, and the waiting caller is woken once, when th
 
 Connecting is left to redis-py (TCP, unix sockets, TLS, AUTH, SELECT, as the client's URL says): once its handshake
 is done, this module takes the transport over, and the redis-py connection object is not used again.
+
+Taking the transport over reads two private attributes of redis-py's asyncio `Connection`, `_writer` (the
+StreamWriter whose transport becomes the pipe's) and `_reader`, and clears both so that the connection lets go of the
+socket (see `Pipe.open`). redis-py has no public way to hand over a connected socket, and the public alternative,
+connecting here, would mean redoing its handshake for every kind of URL it accepts (TLS options, ACL users,
+credential providers, RESP3, retries): more code to get wrong than two attribute names. Only `Pipe.open`, once per
+connection, touches them; the per-step path is this module's own protocol either way. So pyproject.toml pins redis to
+the major this is tested with, and tests/tracker/test_wire.py::test_redis_py_still_has_what_pipe_open_takes_over
+fails, naming the attribute, if an upgrade moves or changes them.
 """
 
 from __future__ import annotations

@@ -91,3 +91,37 @@ async def test_a_connection_the_server_closes_fails_the_waiting_batch(redis: Red
     with pytest.raises(RedisConnectionError, match="lost"):
         await task
     assert not pipe.usable
+
+
+async def test_redis_py_still_has_what_pipe_open_takes_over(redis: Redis) -> None:
+    """wire.Pipe.open relies on private attributes of redis-py's asyncio Connection (wire.py says why). An upgrade of
+    redis that moves or changes them fails here, naming the attribute, instead of breaking the tracker's commits."""
+    import redis as redis_py
+
+    where = f"redis-py {redis_py.__version__} (services/tracker/wire.py, Pipe.open)"
+    pool = redis.connection_pool
+    for name in ("connection_class", "connection_kwargs"):
+        assert hasattr(pool, name), f"{where}: ConnectionPool.{name} is gone"
+    connection = pool.connection_class(**pool.connection_kwargs)
+    await connection.connect()
+    writer = getattr(connection, "_writer", None)
+    reader = getattr(connection, "_reader", None)
+    try:
+        assert isinstance(writer, asyncio.StreamWriter), (
+            f"{where}: Connection._writer is {writer!r} after connect(), not the asyncio.StreamWriter whose transport "
+            "the pipe takes over"
+        )
+        assert isinstance(reader, asyncio.StreamReader), f"{where}: Connection._reader is {reader!r} after connect()"
+        # The handshake's replies are all consumed: nothing the pipe would lose is left in redis-py's buffer.
+        assert not getattr(reader, "_buffer", b""), f"{where}: Connection._reader holds bytes read past the handshake"
+        assert connection.is_connected
+        connection._writer = connection._reader = None  # what Pipe.open does to let go of the socket
+        assert not connection.is_connected, (
+            f"{where}: Connection no longer keeps its socket in _writer/_reader; clearing them does not detach it"
+        )
+        del connection
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not writer.transport.is_closing(), f"{where}: a detached Connection still closes its old transport"
+    finally:
+        writer.close()  # type: ignore[union-attr]
