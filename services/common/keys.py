@@ -8,7 +8,7 @@ JOBS_GROUP = "workers"
 
 
 def session_prefix(session_id: str) -> str:
-    """Keys under this prefix belong to the tracker, except the event stream and its counter below."""
+    """Keys under this prefix belong to the tracker, except the event stream and its bookkeeping below."""
     return f"hw:s:{{{session_id}}}"  # the hash tag keeps a session's keys in one Redis Cluster slot
 
 
@@ -18,7 +18,18 @@ def events_stream(session_id: str) -> str:
 
 
 def events_counter(session_id: str) -> str:
+    """The id of the newest event (the counter every append increments)."""
     return f"{session_prefix(session_id)}:event_seq"
+
+
+def events_sizes(session_id: str) -> str:
+    """A list of the sizes of the kept events, oldest first (services.common.events bounds the Stream with it)."""
+    return f"{session_prefix(session_id)}:event_sizes"
+
+
+def events_bytes(session_id: str) -> str:
+    """The sum of `events_sizes`."""
+    return f"{session_prefix(session_id)}:event_bytes"
 
 
 def auth_key(session_id: str) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from services.common import config
+from services.common import config, events
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +21,10 @@ class GatewayConfig:
     hard_frame_bytes: int = 1024 * 1024
     # No frame in either direction for this long closes the connection (`idle_timeout`).
     idle_timeout_s: float = 600.0
-    # Frames waiting for one socket; when it stays full for `slow_client_s` the client is closed (`slow_consumer`).
+    # Frames waiting for one socket, bounded in count and in bytes (a frame larger than the byte bound still goes
+    # alone); when it stays full for `slow_client_s` the client is closed (`slow_consumer`).
     send_buffer_frames: int = 4096
+    send_buffer_bytes: int = 4 * 1024 * 1024
     slow_client_s: float = 5.0
     # How long REST snapshot take/restore waits for the worker's answer event.
     job_timeout_s: float = 120.0
@@ -30,9 +32,17 @@ class GatewayConfig:
     rpc_timeout_s: float = 10.0
     # Longest accepted user message, in characters (a frame may hold less once JSON-escaped).
     max_message_chars: int = 16_000
+    # The bounds of a session's event Stream, applied to the error events the gateway appends (shared setting).
+    stream_limits: events.StreamLimits = field(default_factory=events.StreamLimits)
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "hard_frame_bytes", "send_buffer_frames", "max_message_chars"):
+        for name in (
+            "max_frame_bytes",
+            "hard_frame_bytes",
+            "send_buffer_frames",
+            "send_buffer_bytes",
+            "max_message_chars",
+        ):
             if getattr(self, name) <= 0:
                 raise config.ConfigError(f"gateway {name} must be positive")
         for name in ("idle_timeout_s", "job_timeout_s", "rpc_timeout_s", "slow_client_s"):
@@ -54,8 +64,10 @@ class GatewayConfig:
             hard_frame_bytes=config.get_int("HALOWEAVE_GATEWAY_HARD_FRAME_BYTES", 1024 * 1024),
             idle_timeout_s=config.get_float("HALOWEAVE_GATEWAY_IDLE_TIMEOUT_S", 600.0),
             send_buffer_frames=config.get_int("HALOWEAVE_GATEWAY_SEND_BUFFER", 4096),
+            send_buffer_bytes=config.get_int("HALOWEAVE_GATEWAY_SEND_BUFFER_BYTES", 4 * 1024 * 1024),
             slow_client_s=config.get_float("HALOWEAVE_GATEWAY_SLOW_CLIENT_S", 5.0),
             job_timeout_s=config.get_float("HALOWEAVE_GATEWAY_JOB_TIMEOUT_S", 120.0),
             rpc_timeout_s=config.get_float("HALOWEAVE_GATEWAY_RPC_TIMEOUT_S", 10.0),
             max_message_chars=config.get_int("HALOWEAVE_GATEWAY_MAX_MESSAGE_CHARS", 16_000),
+            stream_limits=events.limits(),
         )

@@ -26,7 +26,7 @@ from services.gateway import auth, jobs, protocol, settings_codec
 from services.gateway.config import GatewayConfig
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.peers import Peers
-from services.gateway.relay import Outgoing, Overflow, StreamReader, encode, oldest_event_id
+from services.gateway.relay import Outbox, Outgoing, Overflow, StreamReader, encode, oldest_event_id
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Connection:
         self.deps = deps
         self.id = uuid.uuid4().hex
         self.session_id: str | None = None
-        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=deps.config.send_buffer_frames)
+        self.outbox = Outbox(deps.config.send_buffer_frames, deps.config.send_buffer_bytes)
         self.last_activity = time.monotonic()
         self.generating_job: str | None = None  # the generate job this connection enqueued, until its reply ends
         self._reader: asyncio.Task[None] | None = None
@@ -197,7 +197,7 @@ class Connection:
             )
         # The Stream is bounded: events before the oldest kept one were trimmed and cannot be replayed.
         oldest = await oldest_event_id(redis, session_id)
-        truncated = oldest is not None and start < oldest - 1
+        truncated = start < latest and (oldest is None or start < oldest - 1)
         self.session_id = session_id
         session = {
             "type": "session",
@@ -219,7 +219,7 @@ class Connection:
         }
         self._post(session)
         reader = StreamReader(
-            redis, session_id, start, self.id, self.outbox, self._observe, self.deps.config.slow_client_s
+            redis, session_id, start, self.id, self.outbox, self._observe, self.deps.config.slow_client_s, truncated
         )
         self._reader = asyncio.create_task(self._run_reader(reader))
 
@@ -261,7 +261,9 @@ class Connection:
     async def _append_error(self, code: str, message: str) -> int:
         assert self.session_id is not None
         data = {"code": code, "message": message, "connection": self.id}
-        return await events.append_event(self.deps.redis, self.session_id, "error", data)
+        return await events.append_event(
+            self.deps.redis, self.session_id, "error", data, self.deps.config.stream_limits
+        )
 
     async def _error(self, code: str, message: str) -> None:
         """A connection-local error: through the session Stream when bound (ids stay increasing), else id 0."""

@@ -100,24 +100,23 @@ def _job(stream: Any, entry_id: Any, fields: Any) -> Job:
     return Job(_text(stream), _text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()})
 
 
-# KEYS: stream, done, lock, events stream, events counter. ARGV: group, entry id, outcome, ttl, delete (0/1), maxlen,
-# then (type, data) pairs of events to append. Returns 1 when this call completed the job, 0 when it was done already.
-# The event layout is the one services.common.events.APPEND_EVENT_LUA writes (ids `<n>-0` from the counter).
-COMPLETE_LUA = """
+# KEYS: stream, done, lock, then the session's four event keys (events.stream_keys). ARGV: group, entry id, outcome,
+# ttl, delete (0/1), events max count, events max bytes, then (type, data) pairs of events to append (by
+# services.common.events.APPEND_FUNCTION_LUA). Returns 1 when this call completed the job, 0 when it was done already.
+COMPLETE_LUA = (
+    events.APPEND_FUNCTION_LUA
+    + """
 local first = redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[5] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
 redis.call('DEL', KEYS[3])
 if not first then return 0 end
-if #ARGV > 6 then
-  local id = 0
-  for i = 7, #ARGV, 2 do
-    id = redis.call('INCR', KEYS[5])
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], id .. '-0', 'type', ARGV[i], 'data', ARGV[i + 1])
-  end
+if #ARGV > 7 then
+  append_events({KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV, 8)
 end
 return 1
 """
+)
 
 # KEYS: lock. ARGV: owner, ttl ms. Refreshes the lock only while this worker still holds it.
 REFRESH_LOCK_LUA = """
@@ -212,19 +211,19 @@ class JobQueue:
             outcome,
             DONE_TTL_S,
             1 if job.stream != keys.JOBS_STREAM else 0,
-            events.MAX_EVENTS_PER_SESSION,
+            events.limits().max_events,
+            events.limits().max_bytes,
         ]
         for event_type, data in session_events:
             argv.extend([event_type, json.dumps(data, separators=(",", ":"))])
         sid = job.session_id or "-"
         result = await self.redis.eval(  # type: ignore[misc]
             COMPLETE_LUA,
-            5,
+            7,
             job.stream,
             done_key(job.job_id),
             lock_key(job.job_id),
-            keys.events_stream(sid),
-            keys.events_counter(sid),
+            *events.stream_keys(sid),
             *argv,
         )
         return bool(result)

@@ -6,7 +6,7 @@ Under `hw:s:{<sid>}` (services.common.keys.session_prefix):
     :a:<name>    one binary string per per-token field (state.ARRAYS: little-endian numpy bytes, position order)
     :a:live      the scores of the active entries, in entry order: the one column every step rewrites
     :text        list: token text pieces, pushed once per entry, in position order
-    :events      the session's event Stream (+ :event_seq), shared with the other services
+    :events      the session's event Stream (+ :event_seq, :event_sizes, :event_bytes), shared with the other services
 
 A change is written by one Lua script (EVALSHA) that first checks the meta `version` it was computed from: a replica
 with a stale cache gets CONFLICT, reloads and recomputes, so two replicas can serve one session and a crash can never
@@ -48,22 +48,25 @@ STAGE_BYTES = 16 * 1024
 # done, error: worker-supplied stats may hold non-finite floats) keep the shared encoder.
 STEP_EVENTS = frozenset({"token", "brightness", "attention", "pruned"})
 
-# KEYS: meta, events, event_seq, text, one key per array (ARRAYS order), then one staging key per array.
-# ARGV: expected version, events maxlen, n meta pairs, pairs..., array writes spec, array writes blob, text mode,
-#       n texts, texts..., then (type, data) event pairs. The spec lists `<array index><mode><bytes>` per write (e.g.
-#       `1a8 9r0`, or `8w16@4096` to overwrite 16 bytes at byte 4096); the blob holds the bytes of the a/s/w writes
-#       one after another (one argument instead of three per array). Modes: a append, s set, w overwrite at an
-#       offset (the entries a prune marks deleted), r rename the array's staging key (written by a plain SET in the
-#       same MULTI) over it; text mode a or s.
+# KEYS: meta, the four event keys (events.stream_keys), text, one key per array (ARRAYS order), then one staging key
+#       per array.
+# ARGV: expected version, events max count, events max bytes, n meta pairs, pairs..., array writes spec, array writes
+#       blob, text mode, n texts, texts..., then (type, data) event pairs (appended by events.APPEND_FUNCTION_LUA).
+#       The spec lists `<array index><mode><bytes>` per write (e.g. `1a8 9r0`, or `8w16@4096` to overwrite 16 bytes
+#       at byte 4096); the blob holds the bytes of the a/s/w writes one after another (one argument instead of three
+#       per array). Modes: a append, s set, w overwrite at an offset (the entries a prune marks deleted), r rename the
+#       array's staging key (written by a plain SET in the same MULTI) over it; text mode a or s.
 # Returns the last event id, or -1 when the stored version is not the expected one (nothing is kept then).
-COMMIT_LUA = """
-local arrays = (#KEYS - 4) / 2
+COMMIT_LUA = (
+    events.APPEND_FUNCTION_LUA
+    + """
+local arrays = (#KEYS - 6) / 2
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then
-  for k = 5 + arrays, #KEYS do redis.call('DEL', KEYS[k]) end
+  for k = 7 + arrays, #KEYS do redis.call('DEL', KEYS[k]) end
   return -1
 end
-local i = 3
+local i = 4
 local pairs_n = tonumber(ARGV[i]); i = i + 1
 if pairs_n > 0 then
   redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * pairs_n - 1)); i = i + 2 * pairs_n
@@ -71,8 +74,8 @@ end
 local blob, offset = ARGV[i + 1], 1
 for index, mode, size, at in string.gmatch(ARGV[i], '(%d+)(%a)(%d+)@?(%d*)') do
   index = tonumber(index)
-  local key = KEYS[4 + index]
-  if mode == 'r' then redis.call('RENAME', KEYS[4 + arrays + index], key)
+  local key = KEYS[6 + index]
+  if mode == 'r' then redis.call('RENAME', KEYS[6 + arrays + index], key)
   else
     local last = offset + tonumber(size)
     local part = string.sub(blob, offset, last - 1)
@@ -84,22 +87,16 @@ for index, mode, size, at in string.gmatch(ARGV[i], '(%d+)(%a)(%d+)@?(%d*)') do
 end
 i = i + 2
 local text_mode = ARGV[i]; local texts = tonumber(ARGV[i + 1]); i = i + 2
-if text_mode == 's' then redis.call('DEL', KEYS[4]) end
+if text_mode == 's' then redis.call('DEL', KEYS[6]) end
 local first = i
 while i < first + texts do
   local last = math.min(i + 999, first + texts - 1)
-  redis.call('RPUSH', KEYS[4], unpack(ARGV, i, last))
+  redis.call('RPUSH', KEYS[6], unpack(ARGV, i, last))
   i = last + 1
 end
-local count = (#ARGV - i + 1) / 2
-if count == 0 then return tonumber(redis.call('GET', KEYS[3]) or '0') end
-local last = redis.call('INCRBY', KEYS[3], count)
-for id = last - count + 1, last do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'type', ARGV[i], 'data', ARGV[i + 1])
-  i = i + 2
-end
-return last
+return append_events({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV, i)
 """
+)
 
 
 def meta_key(session_id: str) -> str:
@@ -126,11 +123,10 @@ _STORED_INDEX = {name: index for index, name in enumerate(STORED, start=1)}
 
 @functools.lru_cache(maxsize=1024)
 def _all_keys(session_id: str) -> tuple[bytes, ...]:
-    """Built and encoded once per session: the commit of every step passes all 24 of them."""
+    """Built and encoded once per session: the commit of every step passes all 26 of them."""
     names = (
         meta_key(session_id),
-        keys.events_stream(session_id),
-        keys.events_counter(session_id),
+        *events.stream_keys(session_id),
         text_key(session_id),
         *(array_key(session_id, name) for name in STORED),
         *(stage_key(session_id, name) for name in STORED),
@@ -139,8 +135,9 @@ def _all_keys(session_id: str) -> tuple[bytes, ...]:
 
 
 class Store:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, stream_limits: events.StreamLimits | None = None) -> None:
         self.redis = redis
+        self.stream_limits = stream_limits or events.limits()
         self._sha: str | None = None
         self._idle: list[wire.Pipe] = []
 
@@ -192,7 +189,8 @@ class Store:
         fields = state.meta.to_fields(None if replace or draft.base_version == 0 else draft.base_meta)
         if draft.settings_changed or draft.base_version == 0 or replace:
             fields["settings"] = state.settings.to_json()
-        argv: list[Any] = [draft.base_version, events.MAX_EVENTS_PER_SESSION, len(fields)]
+        bounds = self.stream_limits
+        argv: list[Any] = [draft.base_version, bounds.max_events, bounds.max_bytes, len(fields)]
         for name, value in fields.items():
             argv.extend((name, value))
         spec: list[str] = []

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
-from services.common import events
+from services.common import events, keys
 from tests.gateway.conftest import Client, Gateway, open_client, start_gateway
 
 BIG = "x" * 16_000  # a fat event payload, so a stalled socket fills quickly
@@ -90,6 +90,37 @@ async def test_slow_consumer_is_closed_while_another_client_receives_everything(
             assert "slow_consumer" not in {f.get("code") for f in rest}  # addressed to the closed connection
     finally:
         await slow_ws.close()
+        await redis.aclose()
+
+
+async def test_a_resume_older_than_the_kept_events_is_told_so(gateway: Gateway) -> None:
+    redis = Redis.from_url(gateway.redis_url)
+    try:
+        async with open_client(gateway.ws_url) as ws:
+            session = await Client(ws).hello()
+        sid, token, start = session["session_id"], session["token"], session["last_event_id"]
+        # Brightness-sized events under a small byte budget: the Stream keeps only the newest few.
+        budget = events.StreamLimits(max_bytes=64 * 1024)
+        payload = {"step": 0, "turn_id": 1, "positions": list(range(512)), "scores": [0.123456789] * 512}
+        for step in range(40):
+            last = await events.append_event(redis, sid, "brightness", {**payload, "step": step}, budget)
+        oldest = events.entry_event_id((await redis.xrange(keys.events_stream(sid), count=1))[0][0])
+        assert start + 1 < oldest < last
+
+        async with open_client(gateway.ws_url, max_size=None) as ws:
+            client = Client(ws)
+            resumed = await client.hello(session_id=sid, token=token, last_event_id=start)
+            assert resumed["replay_truncated"] is True and resumed["last_event_id"] == last
+            frames = await client.until_event(last)
+            assert [f["event_id"] for f in frames] == list(range(oldest, last + 1)), "from the oldest kept, once"
+            assert frames[0]["type"] == "brightness"
+
+        async with open_client(gateway.ws_url, max_size=None) as ws:  # a resume within what is kept is whole
+            client = Client(ws)
+            resumed = await client.hello(session_id=sid, token=token, last_event_id=oldest - 1)
+            assert resumed["replay_truncated"] is False
+            assert [f["event_id"] for f in await client.until_event(last)] == list(range(oldest, last + 1))
+    finally:
         await redis.aclose()
 
 

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from services.common import events
+from services.common import events, keys
 from services.common.errors import InvalidArgument
 from services.gateway import auth, protocol, settings_codec
-from services.gateway.relay import Outgoing, StreamReader
+from services.gateway.relay import Outbox, Outgoing, StreamReader
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_errors_for_another_connection_are_skipped() -> None:
 def test_outbox_overflow_only_after_the_stall_timeout() -> None:
     async def scenario() -> str:
         reader = StreamReader.__new__(StreamReader)
-        reader.outbox = asyncio.Queue(maxsize=1)
+        reader.outbox = Outbox(1, 1 << 20)
         reader.stall_timeout = 30.0
         await reader._put(Outgoing("a", "token", None))
         asyncio.get_running_loop().call_soon(reader.outbox.get_nowait)
@@ -131,3 +131,58 @@ def test_outbox_overflow_only_after_the_stall_timeout() -> None:
         return "no overflow"
 
     assert asyncio.run(scenario()) == "Overflow"
+
+
+def test_outbox_is_bounded_in_bytes_but_takes_one_frame_of_any_size() -> None:
+    async def scenario() -> None:
+        outbox = Outbox(max_frames=100, max_bytes=10)
+        outbox.put_nowait(Outgoing("x" * 50, "attention", None))  # alone: larger than the bound, still taken
+        with pytest.raises(asyncio.QueueFull):
+            outbox.put_nowait(Outgoing("y", "token", None))
+        assert outbox.get_nowait().text == "x" * 50 and outbox.bytes == 0
+        outbox.put_nowait(Outgoing("a" * 6, "token", None))
+        waiting = asyncio.ensure_future(outbox.put(Outgoing("b" * 6, "token", None)))
+        await asyncio.sleep(0)
+        assert not waiting.done() and len(outbox) == 1
+        assert (await outbox.get()).text == "a" * 6
+        await asyncio.wait_for(waiting, 1)
+        assert len(outbox) == 1 and outbox.bytes == 6
+
+    asyncio.run(scenario())
+
+
+async def test_events_trimmed_under_the_reader_become_one_frame_in_their_place(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        await events.append_events(redis, "s", [("token", {"position": p}) for p in range(1, 21)])
+        # Trimmed as a byte budget would, while the reader lagged behind.
+        await redis.xtrim(keys.events_stream("s"), minid="10-0", approximate=False)
+        outbox = Outbox(100, 1 << 20)
+        reader = StreamReader(redis, "s", 3, "me", outbox, lambda frame: None, 1.0)
+        task = asyncio.create_task(reader.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(outbox) < 12:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        frames = [json.loads(outbox.get_nowait().text) for _ in range(len(outbox))]
+        assert frames[0]["type"] == "error" and frames[0]["code"] == "replay_truncated"
+        assert frames[0]["event_id"] == 9 and "4..9" in frames[0]["message"]
+        assert [f["event_id"] for f in frames[1:]] == list(range(10, 21))
+
+        # A reader told at hello that the replay is truncated does not say it twice.
+        outbox = Outbox(100, 1 << 20)
+        reader = StreamReader(redis, "s", 0, "me", outbox, lambda frame: None, 1.0, truncated=True)
+        task = asyncio.create_task(reader.run())
+        try:
+            while len(outbox) < 11:
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert [json.loads(outbox.get_nowait().text)["event_id"] for _ in range(11)] == list(range(10, 21))
+    finally:
+        await redis.aclose()

@@ -60,6 +60,22 @@ async def test_completion_events_share_the_session_counter(redis: Redis) -> None
     assert [f["event_id"] for f in await session_events(redis, "s1")] == [1, 2, 3]
 
 
+async def test_completion_events_are_within_the_streams_bounds(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "limits", lambda: events.StreamLimits(max_events=100, max_bytes=1024))
+    await events.append_events(redis, "s1", [("token", {"position": p}) for p in range(20)])
+    queue = JobQueue(redis, "w-a")
+    await queue.ensure_groups()
+    await enqueue(redis)
+    job = await queue.next(block_ms=100)
+    assert job is not None
+    await queue.complete(job, "error", [("error", {"code": "internal", "message": "m" * 600, "job_id": "j1"})])
+    frames = await session_events(redis, "s1")
+    # The older events made room for the worker's: the kept ones are the newest, gap-free, and within the budget.
+    assert frames[-1]["type"] == "error" and frames[-1]["event_id"] == 21
+    assert [f["event_id"] for f in frames] == list(range(22 - len(frames), 22)) and len(frames) < 21
+    assert int(await redis.get(keys.events_bytes("s1")) or 0) <= 1024
+
+
 async def test_a_locked_job_is_not_run_twice(redis: Redis) -> None:
     first, second = JobQueue(redis, "w-a"), JobQueue(redis, "w-b")
     await first.ensure_groups()

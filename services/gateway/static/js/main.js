@@ -70,6 +70,8 @@ function applySettings(effective) {
 const handlers = {
   session(frame) {
     if (frame.event_id === 0) transcript.clear(); // the relay starts from the beginning: rebuild the whole page
+    // The session's oldest events were trimmed (the Stream is bounded): the replay alone cannot rebuild the page.
+    if (frame.replay_truncated) rebuildFromExport();
     state.model = frame.model;
     setStatus("connected", `Connected: ${frame.model}`);
     applySettings(frame.settings);
@@ -105,6 +107,10 @@ const handlers = {
     $("meter").title = `last reply: ${s.tokens ?? "?"} tokens, ${(s.tokens_per_s ?? 0).toFixed(1)} tokens/s (${s.reason})`;
   },
   error(frame) {
+    if (frame.code === "replay_truncated") {
+      rebuildFromExport(); // events were trimmed before they reached us: the export has what they said
+      return;
+    }
     if (frame.code === "invalid_settings") {
       settings.refused(frame.message);
       settings.show(settings.current);
@@ -122,7 +128,13 @@ const handlers = {
   },
 };
 
-client.addEventListener("frame", (event) => handlers[event.detail.type]?.(event.detail));
+// Frames that arrive while the transcript is being rebuilt from the export wait, then apply on top of it in order
+// (token frames of entries the export already holds are ignored; later scores replace earlier ones), so none is lost.
+let held = null;
+client.addEventListener("frame", (event) => {
+  if (held) held.push(event.detail);
+  else handlers[event.detail.type]?.(event.detail);
+});
 client.addEventListener("status", (event) => {
   const { state: kind, code, reason } = event.detail;
   if (kind === "connecting") setStatus("connecting", "Connecting…");
@@ -284,8 +296,11 @@ async function restoreSnapshot(snapshotId) {
   }
 }
 
-// After a restore the dictionary is the snapshot's: redraw it from the export, then keep following live events.
+// After a restore the dictionary is the snapshot's, and after a truncated replay the page lacks what the trimmed
+// events said: redraw it from the export, then keep following live events.
 async function rebuildFromExport() {
+  if (held) return; // a rebuild is under way; the frames it holds come after it
+  held = [];
   try {
     const body = await api("GET", "/export");
     transcript.clear();
@@ -293,7 +308,11 @@ async function rebuildFromExport() {
     transcript.normalise();
     applySettings(body.settings);
   } catch (error) {
-    toast(`could not redraw after restore: ${error.message}`);
+    toast(`could not redraw the transcript: ${error.message}`);
+  } finally {
+    const frames = held;
+    held = null;
+    for (const frame of frames) handlers[frame.type]?.(frame);
   }
 }
 
