@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
@@ -90,6 +91,41 @@ async def test_slow_consumer_is_closed_while_another_client_receives_everything(
             assert "slow_consumer" not in {f.get("code") for f in rest}  # addressed to the closed connection
     finally:
         await slow_ws.close()
+        await redis.aclose()
+
+
+def gateway_connections_to(gateway: Gateway, client_port: int) -> list[str]:
+    """The states of the gateway's TCP connections to one client port (the gateway is one process)."""
+    connections = psutil.Process(gateway.proc.pid).net_connections(kind="tcp")
+    return [c.status for c in connections if c.raddr and c.raddr.port == client_port]
+
+
+async def test_a_client_that_never_reads_is_dropped_not_held(gateway: Gateway) -> None:
+    redis = Redis.from_url(gateway.redis_url)
+    sock = small_receive_socket(gateway.ws_url)
+    client_port = sock.getsockname()[1]
+    try:
+        async with open_client(gateway.ws_url) as ws:
+            session = await Client(ws).hello()
+        sid, token = session["session_id"], session["token"]
+        stalled = await open_client(gateway.ws_url, sock=sock, max_queue=1, max_size=None).__aenter__()
+        await stalled.send(json.dumps({"type": "hello", "session_id": sid, "token": token}))
+        # ...and it never reads again, nor closes: only the gateway can end this connection.
+        before = await error_count(gateway, "slow_consumer")
+        for i in range(0, FLOOD, 50):
+            await events.append_events(redis, sid, [("attention", {"step": j, "data": BIG}) for j in range(i, i + 50)])
+        deadline = asyncio.get_running_loop().time() + 30
+        while await error_count(gateway, "slow_consumer") <= before:
+            assert asyncio.get_running_loop().time() < deadline, "the stalled client was never closed"
+            await asyncio.sleep(0.1)
+        # The close cannot be delivered to a client that reads nothing; the socket and what is buffered for it are
+        # released anyway, within the farewell and close timeouts.
+        deadline = asyncio.get_running_loop().time() + 30
+        while "ESTABLISHED" in gateway_connections_to(gateway, client_port):
+            assert asyncio.get_running_loop().time() < deadline, "the gateway still holds the stalled socket"
+            await asyncio.sleep(0.2)
+    finally:
+        sock.close()
         await redis.aclose()
 
 
