@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,7 +23,7 @@ class SnapshotConfig:
     url: str  # file:///dir or s3://bucket/prefix
     listen: str
     metrics_port: int  # 0: no metrics endpoint
-    master_key: bytes
+    master_key: bytes = field(repr=False)  # never printed: a logged or dumped config must not carry it
     gc_grace_s: float  # an incomplete folder older than this is an orphan
     gc_interval_s: float  # 0: collect only at start-up
 

@@ -25,6 +25,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 class RayCluster:
     address: str
     env: dict[str, str]  # what every member and client of the cluster needs: auth mode and token
+    temp_dir: Path  # the nodes' session files and logs (removed when the cluster stops)
 
 
 def _node_ports() -> list[str]:
@@ -73,7 +74,7 @@ def ray_cluster(workdir: Path, worker_cpus: int) -> Iterator[RayCluster]:
         worker = Proc("ray-worker", worker_argv + _node_ports(), env, workdir / "ray-worker.log")
         procs.append(worker)
         wait_until(lambda: cluster_cpus(address, env) == worker_cpus, 90, "the worker node to join", worker)
-        yield RayCluster(address, env)
+        yield RayCluster(address, env, temp_dir)
     finally:
         for proc in reversed(procs):
             # Ray drains for up to 30 s on SIGTERM; nothing is left to drain once the services are gone.

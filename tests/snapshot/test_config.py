@@ -46,3 +46,19 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("HALOWEAVE_SNAPSHOT_GC_GRACE_S", "soon")
     with pytest.raises(ConfigError, match="not a number"):
         SnapshotConfig.from_env()
+
+
+def test_neither_the_settings_nor_a_refusal_print_the_master_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "5c" * 32
+    monkeypatch.setenv(MASTER_KEY_VAR, key)
+    monkeypatch.setenv("HALOWEAVE_SNAPSHOT_URL", (tmp_path / "s").as_uri())
+    settings = SnapshotConfig.from_env()
+    assert settings.master_key == bytes.fromhex(key)
+    assert key not in repr(settings) and repr(bytes.fromhex(key)) not in repr(settings)
+    almost = key[:-2]  # one byte short: refused, and the message does not echo what was given
+    monkeypatch.setenv(MASTER_KEY_VAR, almost)
+    with pytest.raises(ConfigError) as refused:
+        SnapshotConfig.from_env()
+    assert almost not in str(refused.value)
