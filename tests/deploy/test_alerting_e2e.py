@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FOR = "3s"
 ALERT = "HaloWeaveNoInferenceWorkers"
 INHIBITED = "HaloWeaveInferenceWorkerDown"  # true at the same time; the configuration's inhibit rule mutes it
-NOTIFY_TIMEOUT_S = 60.0
+NOTIFY_TIMEOUT_S = 90.0
 
 
 def render_rules(path: Path) -> Path:
@@ -65,10 +65,17 @@ def workers_alive(stack: Stack) -> float | None:
     return None
 
 
+def is_actor(process: psutil.Process) -> bool:
+    try:
+        return process.cmdline()[:1] == ["ray::WorkerActor"]
+    except psutil.Error:  # gone (or a zombie) since it was listed
+        return False
+
+
 def actor_process(stack: Stack) -> psutil.Process:
     """The worker actor's own process: Ray titles it after the actor class, under the driver's process tree."""
     driver = psutil.Process(stack.procs["inference"].pid)
-    actors = [p for p in driver.children(recursive=True) if p.cmdline()[:1] == ["ray::WorkerActor"]]
+    actors = [p for p in driver.children(recursive=True) if is_actor(p)]
     assert len(actors) == 1, f"expected one worker actor process, found {actors}"
     return actors[0]
 
