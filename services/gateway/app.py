@@ -24,6 +24,8 @@ from services.gateway.peers import Peers
 from services.gateway.rest import ApiError, api_error_response, router
 
 STATIC = Path(__file__).parent / "static"
+# Redis connections for everything but the Stream readers (which have their own, see the lifespan below).
+REDIS_COMMAND_CONNECTIONS = 128
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -31,13 +33,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = aioredis.Redis.from_url(config.redis_url)
+        # Short commands share a pool that a burst waits on rather than fails; every connection following a session's
+        # Stream blocks in XREAD on a connection of its own, from a second pool as large as their number may be.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=REDIS_COMMAND_CONNECTIONS, timeout=config.rpc_timeout_s
+        )
+        redis = aioredis.Redis.from_pool(pool)
+        readers = aioredis.Redis.from_url(config.redis_url, max_connections=config.max_sessions)
         peers = Peers(config.tracker_addr, config.snapshot_addr, config.inference_addr, config.rpc_timeout_s)
-        app.state.deps = Deps(config=config, redis=redis, peers=peers, metrics=metrics)
+        app.state.deps = Deps(config=config, redis=redis, peers=peers, metrics=metrics, readers=readers)
         try:
             yield
         finally:
             await peers.close()
+            await readers.aclose()
             await redis.aclose()
 
     app = FastAPI(

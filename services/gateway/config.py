@@ -26,6 +26,9 @@ class GatewayConfig:
     send_buffer_frames: int = 4096
     send_buffer_bytes: int = 4 * 1024 * 1024
     slow_client_s: float = 5.0
+    # Connections that follow a session's Stream at once: each blocks in XREAD on a Redis connection of its own. One
+    # more `hello` is refused with `overloaded` (the connection stays open).
+    max_sessions: int = 4096
     # How long REST snapshot take/restore waits for the worker's answer event.
     job_timeout_s: float = 120.0
     # A bound on every unary call to the tracker or the snapshot service.
@@ -42,6 +45,7 @@ class GatewayConfig:
             "send_buffer_frames",
             "send_buffer_bytes",
             "max_message_chars",
+            "max_sessions",
         ):
             if getattr(self, name) <= 0:
                 raise config.ConfigError(f"gateway {name} must be positive")
@@ -66,6 +70,7 @@ class GatewayConfig:
             send_buffer_frames=config.get_int("HALOWEAVE_GATEWAY_SEND_BUFFER", 4096),
             send_buffer_bytes=config.get_int("HALOWEAVE_GATEWAY_SEND_BUFFER_BYTES", 4 * 1024 * 1024),
             slow_client_s=config.get_float("HALOWEAVE_GATEWAY_SLOW_CLIENT_S", 5.0),
+            max_sessions=config.get_int("HALOWEAVE_GATEWAY_MAX_SESSIONS", 4096),
             job_timeout_s=config.get_float("HALOWEAVE_GATEWAY_JOB_TIMEOUT_S", 120.0),
             rpc_timeout_s=config.get_float("HALOWEAVE_GATEWAY_RPC_TIMEOUT_S", 10.0),
             max_message_chars=config.get_int("HALOWEAVE_GATEWAY_MAX_MESSAGE_CHARS", 16_000),

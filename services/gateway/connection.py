@@ -32,14 +32,20 @@ log = logging.getLogger(__name__)
 
 # Terminal errors get this long to reach a client that may have stopped reading.
 FAREWELL_TIMEOUT_S = 2.0
+# A `hello` beyond HALOWEAVE_GATEWAY_MAX_SESSIONS (the code workers use for a full queue: try again shortly).
+OVERLOADED = "overloaded"
 
 
 @dataclass(slots=True)
 class Deps:
     config: GatewayConfig
-    redis: Redis
+    redis: Redis  # short commands
     peers: Peers
     metrics: GatewayMetrics
+    # The Stream readers' own client: each blocks in XREAD (up to 2 s at a time) on a connection of its own, so they
+    # must not share a pool with the short commands, which they would starve. None: `redis`.
+    readers: Redis | None = None
+    following: int = 0  # connections whose reader follows a session's Stream now (at most config.max_sessions)
 
 
 class Connection:
@@ -74,6 +80,8 @@ class Connection:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._stop_reason is not None:
                 await self._farewell(*self._stop_reason)
+            if self._reader is not None:
+                self.deps.following -= 1
             metrics.connections.dec()
 
     def _terminate(self, code: str, message: str, close_code: int) -> None:
@@ -173,6 +181,20 @@ class Connection:
             raise protocol.ProtocolError(
                 protocol.SESSION_BOUND, f"this connection already has session {self.session_id}"
             )
+        deps = self.deps
+        if deps.following >= deps.config.max_sessions:
+            raise protocol.ProtocolError(
+                OVERLOADED, f"this gateway follows {deps.following} sessions, its most; try again shortly"
+            )
+        deps.following += 1  # taken now, so that a burst of hellos in flight cannot overshoot
+        try:
+            await self._bind(frame)
+        finally:
+            if self._reader is None:  # refused (or the connection went): the reader never started
+                deps.following -= 1
+
+    async def _bind(self, frame: protocol.ClientFrame) -> None:
+        """Creates or checks the session, answers `session` and starts the reader from the client's position."""
         redis, peers = self.deps.redis, self.deps.peers
         if frame.session_id is None:
             info = await peers.create_session()
@@ -219,7 +241,14 @@ class Connection:
         }
         self._post(session)
         reader = StreamReader(
-            redis, session_id, start, self.id, self.outbox, self._observe, self.deps.config.slow_client_s, truncated
+            self.deps.readers or redis,
+            session_id,
+            start,
+            self.id,
+            self.outbox,
+            self._observe,
+            self.deps.config.slow_client_s,
+            truncated,
         )
         self._reader = asyncio.create_task(self._run_reader(reader))
 

@@ -160,6 +160,58 @@ async def test_a_resume_older_than_the_kept_events_is_told_so(gateway: Gateway) 
         await redis.aclose()
 
 
+async def test_more_sessions_than_a_redis_pool_are_followed_and_served(gateway: Gateway) -> None:
+    # Every connection with a session blocks in XREAD on a Redis connection of its own: 150 of them once took every
+    # connection of redis-py's default pool (100), and then every hello, message and REST call failed.
+    followers = [await open_client(gateway.ws_url).__aenter__() for _ in range(150)]
+    try:
+        sessions = [await Client(ws).hello() for ws in followers]
+        async with open_client(gateway.ws_url) as ws:
+            late = await Client(ws).hello(session_id=sessions[0]["session_id"], token=sessions[0]["token"])
+            assert late["resumed"] is True
+        async with httpx.AsyncClient() as api:
+            headers = {"Authorization": f"Bearer {sessions[-1]['token']}"}
+            url = f"{gateway.url}/v1/sessions/{sessions[-1]['session_id']}/settings"
+            assert (await api.get(url, headers=headers, timeout=10)).status_code == 200
+    finally:
+        for ws in followers:
+            ws.transport.abort()  # a close would wait on the replay frames this test never reads
+
+
+@pytest.fixture(scope="module")
+def small_gateway(
+    gateway_redis_url: str, tracker_addr: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    gw = start_gateway(gateway_redis_url, tracker_addr, tmp_path_factory.mktemp("small"), max_sessions="3")
+    try:
+        yield gw
+    finally:
+        gw.proc.stop()
+
+
+async def test_a_hello_beyond_the_session_cap_is_refused_until_one_goes(small_gateway: Gateway) -> None:
+    held = [await open_client(small_gateway.ws_url).__aenter__() for _ in range(3)]
+    try:
+        first = [await Client(ws).hello() for ws in held][0]
+        async with open_client(small_gateway.ws_url) as ws:
+            client = Client(ws)
+            await client.send({"type": "hello"})
+            refused = await client.recv()
+            assert (refused["type"], refused["code"], refused["event_id"]) == ("error", "overloaded", 0)
+            held.pop().transport.abort()
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:  # the gateway notices the close at once; the retry of a client that was told to wait
+                await client.send({"type": "hello", "session_id": first["session_id"], "token": first["token"]})
+                frame = await client.recv()
+                if frame["type"] == "session":
+                    break
+                assert frame["code"] == "overloaded" and asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+    finally:
+        for ws in held:
+            ws.transport.abort()
+
+
 @pytest.fixture(scope="module")
 def idle_gateway(
     gateway_redis_url: str, tracker_addr: str, tmp_path_factory: pytest.TempPathFactory
