@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import errors
 from services.common.errors import HaloWeaveError
@@ -57,6 +59,10 @@ _ERRORS: dict[grpc.StatusCode, type[HaloWeaveError]] = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Redis away (restarting, loading its AOF, stalled past the client's socket time-out): the call may be retried once it
+# is back, so the caller hears UNAVAILABLE, never INTERNAL.
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+
 def domain_error(error: grpc.aio.AioRpcError, peer: str) -> HaloWeaveError:
     """A failed call to `peer` as a domain error, so callers never need to know grpc."""
     cls = _ERRORS.get(error.code(), HaloWeaveError)
@@ -79,6 +85,8 @@ def handle_errors(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception:
+        except REDIS_UNAVAILABLE as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {type(error).__name__}")
             log.exception("unhandled error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 
@@ -98,6 +106,8 @@ def handle_stream_errors(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception:
+        except REDIS_UNAVAILABLE as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {type(error).__name__}")
             log.exception("unhandled error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 

@@ -21,6 +21,8 @@ from services.tracker.template import ChatTemplate
 
 log = logging.getLogger("services.tracker")
 
+REDIS_TIMEOUT_S = 5.0
+
 
 def load_template(cfg: TrackerConfig) -> ChatTemplate:
     from transformers import AutoTokenizer
@@ -33,7 +35,9 @@ def load_template(cfg: TrackerConfig) -> ChatTemplate:
 async def serve(cfg: TrackerConfig) -> None:
     template = load_template(cfg)
     scoring.single_threaded()
-    redis = Redis.from_url(cfg.redis_url)
+    # Every call answers within the time-out or fails as UNAVAILABLE (grpc_server), so a stalled Redis holds no
+    # worker's stream beyond it; the tracker makes no blocking reads.
+    redis = Redis.from_url(cfg.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
     await redis.ping()  # fail at start-up, not on the first request
     store = Store(redis)
     engine = Engine(store, template, cfg.model_path.name, model_store.tokenizer_fingerprint(cfg.model_path))

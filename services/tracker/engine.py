@@ -31,6 +31,10 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 8
 CACHE_SESSIONS = 256
 MAX_MESSAGE_CHARS = 1_000_000
+# An open reply whose stream has not spoken for this long counts as abandoned even if no stream end was recorded (the
+# tracker replica that held it was killed). Longer than a worker keeps reopening a broken stream (60 s), so a reply
+# that is still being continued is never taken for abandoned.
+SILENT_REPLY_S = 90.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +187,7 @@ class Engine:
         def change(draft: Draft) -> tuple[int, int, int]:
             meta = draft.state.meta
             if meta.gen_turn >= 0:
-                if not meta.orphaned:
+                if not _abandoned(meta):
                     raise FailedPrecondition(f"session {session_id!r} is generating a reply; wait for it to finish")
                 self._abandon(draft)
             first = meta.next_position
@@ -244,7 +248,7 @@ class Engine:
             if meta.gen_turn >= 0 and meta.job_id == job_id:
                 # The same job again (its worker died, or its stream broke): the reply continues from what is
                 # committed, as the same turn; the earlier stream is fenced off by the new attempt.
-                meta.orphaned, meta.attempt = 0, meta.attempt + 1
+                meta.orphaned, meta.attempt, meta.touched = 0, meta.attempt + 1, time.time()
                 return self._opened(draft, meta.gen_turn, resumed_step=meta.step)
             if meta.gen_turn >= 0:
                 # Another job's reply was left open (a job superseded by a newer one): it ends before this starts.
@@ -252,7 +256,7 @@ class Engine:
             turn = self._append_tokens(draft, "assistant", header.token_ids, header.pieces)
             meta.gen_turn, meta.job_id, meta.step, meta.cancel, meta.orphaned = turn, job_id, 0, 0, 0
             meta.attempt = 1
-            meta.gen_started = time.time()
+            meta.gen_started = meta.touched = time.time()
             return self._opened(draft, turn)
 
         result, _ = await self._run(session_id, change)
@@ -278,8 +282,10 @@ class Engine:
 
     def _abandon(self, draft: Draft) -> None:
         """Ends an open reply whose job will not continue it; that job, if it ever runs again, finds it done."""
-        _remember_done(draft.state.meta, draft.state.meta.job_id)
-        self._close_generation(draft, None, "error", {"code": "aborted", "message": "the reply was abandoned"})
+        meta = draft.state.meta
+        _remember_done(meta, meta.job_id)
+        error = {"code": "aborted", "message": "the reply was abandoned", "job_id": meta.job_id}
+        self._close_generation(draft, None, "error", error)
 
     def _message_text(self, state: SessionState, turn: int) -> list[int]:
         """The positions of a user turn's text: its entries without the template's header and trailer."""
@@ -327,6 +333,8 @@ class Engine:
                 )
             if frame.step != meta.step:
                 raise InvalidArgument(f"frame step {frame.step} is out of order: expected step {meta.step}")
+            # The current stream speaks: it is alive, whatever an earlier stream's end recorded.
+            meta.orphaned, meta.touched = 0, time.time()
             started = time.perf_counter()
             attention, event = reduce_frame(frame, state.arrays["pos"][state.active_index()])
             aggregation_seconds = time.perf_counter() - started
@@ -455,7 +463,7 @@ class Engine:
 
         def change(draft: Draft) -> None:
             state = draft.state
-            if state.generating and not state.meta.orphaned:
+            if state.generating and not _abandoned(state.meta):
                 raise FailedPrecondition(f"session {session_id!r} is generating a reply; restore after it finishes")
             meta = state.meta
             top = int(columns["pos"][-1]) + 1 if len(texts) else 0
@@ -474,6 +482,11 @@ class Engine:
             draft.emit("settings", {"settings": settings.to_dict()})
 
         await self._run(session_id, change, replace=True)
+
+
+def _abandoned(meta: Meta) -> bool:
+    """Whether the open reply can be closed for a new message: its stream ended, or has been silent too long."""
+    return bool(meta.orphaned) or time.time() - meta.touched > SILENT_REPLY_S
 
 
 def _probe_problem(state: SessionState, probe: RecallProbe) -> str:

@@ -88,9 +88,10 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                         raise FailedPrecondition("this stream is already open; one stream per reply")
                     if not request.open.session_id:
                         raise InvalidArgument("open.session_id is empty")
-                    opened = await self.engine.open(request.open.session_id, request.open.job_id)
+                    # Named before the Open commits: a stream cancelled while it does still records its end.
                     session_id, job_id = request.open.session_id, request.open.job_id
                     settings_version, attempt = opened.settings_version, opened.attempt
+                    opened = await self.engine.open(session_id, job_id)
                     self._count_pruned(opened.settings.prune_mode, opened.pruned_tokens, opened.pruned_sentences)
                     yield convert.opened_to_pb(session_id, opened)
                 elif not session_id:
@@ -128,8 +129,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     yield convert.recalled_to_pb(recalled)
                 elif kind == "finish":
                     f = request.finish
-                    stats = {"tokens": f.tokens, "time_to_first_token_s": f.time_to_first_token_s}
-                    stats["tokens_per_s"] = f.tokens_per_s
+                    stats = convert.finish_stats_from_pb(f)
                     turn = await self.engine.finish(session_id, job_id, f.reason or "eos", stats, attempt)
                     closed = True
                     yield pb.GenerateResponse(closed=pb.Closed(turn_id=turn))
@@ -144,11 +144,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         finally:
             if session_id and not closed:
                 # Runs outside the (possibly cancelled) stream task so that the mark is written.
-                task = asyncio.get_running_loop().create_task(self._orphan(session_id, job_id, attempt))
+                # Its attempt, when its Open completed: then a newer stream of the job is left alone.
+                known = attempt if attempt >= 0 else None
+                task = asyncio.get_running_loop().create_task(self._orphan(session_id, job_id, known))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
-    async def _orphan(self, session_id: str, job_id: str, attempt: int) -> None:
+    async def _orphan(self, session_id: str, job_id: str, attempt: int | None) -> None:
         with contextlib.suppress(Exception):
             await self.engine.orphan(session_id, job_id, attempt)
 

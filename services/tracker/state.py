@@ -56,6 +56,7 @@ class Meta:
     # Streams opened for the open generation: each Open of the same job (a resume) takes the next, and messages of
     # an earlier stream are refused, so a stale stream can never commit after the one that replaced it.
     attempt: int = 0
+    touched: float = 0.0  # when the open generation's stream last spoke (unix seconds): a long silence abandons it
     settings_version: int = 0
     pruned_tokens: int = 0
     pruned_sentences: int = 0

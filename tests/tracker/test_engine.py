@@ -256,6 +256,27 @@ async def test_a_finished_job_cannot_open_again(make_engine: EngineFactory) -> N
     await engine.open(sid, "job-3")  # a new job opens as usual
 
 
+async def test_a_reply_whose_streams_all_went_silent_is_closed_by_the_next_message(
+    make_engine: EngineFactory, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No stream end was recorded (the replica that held the stream was killed): after the silence the next message
+    closes the reply as abandoned, naming its job, and that job can never open it again."""
+    from services.tracker import engine as engine_module
+
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "Hi.")).session_id
+    await engine.append_message(sid, "user", "Hello?")
+    await engine.open(sid, "job-silent")
+    with pytest.raises(FailedPrecondition, match="generating"):
+        await engine.append_message(sid, "user", "Anyone?")
+    monkeypatch.setattr(engine_module, "SILENT_REPLY_S", 0.0)
+    await engine.append_message(sid, "user", "Anyone?")
+    errors = [e for e in await read_events(redis, sid) if e["type"] == "error"]
+    assert [(e["code"], e["job_id"]) for e in errors] == [("aborted", "job-silent")]
+    with pytest.raises(AlreadyExists):
+        await engine.open(sid, "job-silent")
+
+
 async def test_another_replica_reads_the_model_and_fingerprint(make_engine: EngineFactory) -> None:
     sid = (await (await make_engine()).create_session({}, "Hi.")).session_id
     state = await (await make_engine()).session(sid)
