@@ -90,8 +90,8 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                         raise InvalidArgument("open.session_id is empty")
                     # Named before the Open commits: a stream cancelled while it does still records its end.
                     session_id, job_id = request.open.session_id, request.open.job_id
-                    settings_version, attempt = opened.settings_version, opened.attempt
                     opened = await self.engine.open(session_id, job_id)
+                    settings_version, attempt = opened.settings_version, opened.attempt
                     self._count_pruned(opened.settings.prune_mode, opened.pruned_tokens, opened.pruned_sentences)
                     yield convert.opened_to_pb(session_id, opened)
                 elif not session_id:
@@ -129,7 +129,8 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     yield convert.recalled_to_pb(recalled)
                 elif kind == "finish":
                     f = request.finish
-                    stats = convert.finish_stats_from_pb(f)
+                    stats = {"tokens": f.tokens, "time_to_first_token_s": f.time_to_first_token_s}
+                    stats["tokens_per_s"] = f.tokens_per_s
                     turn = await self.engine.finish(session_id, job_id, f.reason or "eos", stats, attempt)
                     closed = True
                     yield pb.GenerateResponse(closed=pb.Closed(turn_id=turn))
