@@ -89,12 +89,12 @@ async def serve(config: InferenceConfig) -> None:
     await set_health(False)  # until the actors have loaded the model
     driver.start()
     stop = lifecycle.stop_on_signals()
-    redis = Redis.from_url(config.redis_url)
+    redis = Redis.from_url(config.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     serving = False
     log.info("starting %d worker(s) on %s", config.workers, config.device)
     try:
         while not stop.is_set():
-            ready = await driver.poll()
+            ready = await driver.poll(redis)
             await driver.stream_lag(redis)
             if ready != serving:
                 serving = ready

@@ -9,6 +9,9 @@
   others', and none waits for another's), then each Directive is applied to its own cache before the next step.
 
 A failure belongs to one conversation: it is told to the tracker (which tells the client) and the batch goes on.
+A broken stream is not a failure yet: the tracker restarted, stalled past a message's deadline, or a newer stream of
+the same job fenced this one off. The conversation leaves the batch, reopens its stream (with backoff, for up to
+`RESUME_DEADLINE_S`) and continues from the step the tracker committed last, as the same reply.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from haloweave.tracker.v1 import tracker_pb2
 
-from services.common.errors import HaloWeaveError, InvalidArgument, Overloaded
+from services.common.errors import Aborted, AlreadyExists, HaloWeaveError, InvalidArgument, Overloaded, Unavailable
 from services.inference import engine_thread
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import BatchEntry, Engine, StepOutput
@@ -32,6 +36,17 @@ from services.inference.scheduler import Limits, Scheduler
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.5
+# Errors after which a reply's stream is reopened rather than the reply failed, and for how long: long enough for a
+# tracker (or the Redis under it) to restart or come back from a stall; then the reply fails with a clear error.
+RESUMABLE = (Unavailable, Aborted)
+RESUME_DEADLINE_S = 60.0
+RESUME_BACKOFF_S = (0.25, 2.0)  # first wait, longest wait
+
+
+class TakenOver(HaloWeaveError):
+    """Another worker holds the job now (this one was thought dead): the reply is theirs, this copy stops quietly."""
+
+    code = "aborted"
 
 
 class Batcher:
@@ -68,13 +83,16 @@ class Batcher:
             )
         self._opening += 1
         try:
-            await conversation.open(self.thread)
+            await self._open(conversation, first=True)
         except BaseException:
             await conversation.peer.close()
             raise
         finally:
             self._opening -= 1
-        self.scheduler.add(conversation)
+        if conversation.ended_before():  # a reopened job whose reply the tracker holds whole: it only needs Finish
+            await self._finish_resumed(conversation)
+        else:
+            self.scheduler.add(conversation)
         self._changed()
         try:
             return await conversation.done
@@ -205,20 +223,89 @@ class Batcher:
                 conversation.cache.clear()
         return failures
 
-    def _fail(self, conversation: Conversation, error: HaloWeaveError) -> None:
-        """Takes the conversation out of the batch; the tracker is told in the background, the rest goes on."""
+    # ---- reopening a reply whose stream broke --------------------------------------------------------------------
+
+    async def _open(self, conversation: Conversation, first: bool) -> None:
+        """Opens (or reopens) the reply, retrying resumable errors with backoff until `RESUME_DEADLINE_S`."""
+        deadline = time.monotonic() + RESUME_DEADLINE_S
+        delay, longest = RESUME_BACKOFF_S
+        while True:
+            try:
+                if not first:
+                    if not await conversation.holds_job():
+                        # Another worker took the job over (this one was thought dead): the reply is theirs now.
+                        raise TakenOver(f"job {conversation.job_id} was taken over by another worker")
+                    await conversation.peer.reopen()
+                await conversation.open(self.thread)
+                return
+            except RESUMABLE as error:
+                if time.monotonic() + delay > deadline:
+                    raise Unavailable(
+                        f"the tracker has not answered for {RESUME_DEADLINE_S:.0f} s ({error.message})"
+                    ) from None
+                log.warning("%r: %s; reopening in %.2f s", conversation, error.message, delay)
+                await asyncio.sleep(delay)
+                delay, first = min(2 * delay, longest), False
+
+    async def _resume(self, conversation: Conversation, error: HaloWeaveError) -> None:
+        log.warning("%r: %s %s; reopening the reply", conversation, error.code, error.message)
+        try:
+            await self._open(conversation, first=False)
+        except AlreadyExists:  # its Finish was committed just before the stream broke: the reply is complete
+            conversation.succeed()
+            return
+        except TakenOver as taken:
+            conversation.reported = True  # the worker that holds the job now speaks for it
+            conversation.fail_with(taken)
+            return
+        except HaloWeaveError as failure:  # past the deadline, or refused: the reply fails, clearly
+            conversation.resuming = False
+            self._fail(conversation, failure, resume=False)
+            return
+        conversation.resuming = False
+        log.info("%r: reopened at step %d", conversation, conversation.step)
+        if conversation.ended_before():
+            await self._finish_resumed(conversation)
+            return
+        self.scheduler.add(conversation)
+        self._changed()
+
+    async def _finish_resumed(self, conversation: Conversation) -> None:
+        """A reopened reply that had ended before its stream broke (only Finish was lost): Finish it now."""
+        conversation.stats.reason = conversation.ended_before()
+        try:
+            await conversation.peer.finish(conversation.finish_message())
+        except HaloWeaveError as error:
+            self._fail(conversation, error)
+            return
+        conversation.succeed()
+
+    def _fail(self, conversation: Conversation, error: HaloWeaveError, resume: bool = True) -> None:
+        """Takes the conversation out of the batch; the tracker is told in the background, the rest goes on. A
+        resumable error reopens the reply instead (unless `resume` is off), in the background too."""
         self.scheduler.remove(conversation)
-        if conversation.done.done() or conversation.failing:
+        if conversation.done.done() or conversation.failing or conversation.resuming:
+            return
+        if resume and isinstance(error, RESUMABLE):
+            conversation.resuming = True
+            self._background(self._resume(conversation, error))
             return
         conversation.failing = True
         log.info("%r failed: %s %s", conversation, error.code, error.message)
-        task = asyncio.get_running_loop().create_task(self._report(conversation, error))
+        self._background(self._report(conversation, error))
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._reporting.add(task)
         task.add_done_callback(self._reporting.discard)
 
     async def _report(self, conversation: Conversation, error: HaloWeaveError) -> None:
-        conversation.reported = await conversation.peer.fail(error.code, error.message)
-        conversation.fail_with(error)
+        try:
+            conversation.reported = await conversation.peer.fail(error.code, error.message)
+        except Exception:  # whatever the stream does, the reply ends: the worker then reports the error itself
+            log.exception("%r: could not tell the tracker", conversation)
+        finally:
+            conversation.fail_with(error)
 
     # ---- metrics ----------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ without knowing grpc.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -17,27 +18,35 @@ from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from services.common import errors, grpc_server
 from services.common.grpc_server import domain_error
 
-# Unary calls that should answer at once; a stream carries its own pace.
+# Unary calls that should answer at once.
 CALL_TIMEOUT_S = 30.0
+# Each message of a Generate stream is answered within this (a Frame takes milliseconds, an Open of a long context a
+# fraction of a second): a tracker that stalls longer counts as gone, and the reply is reopened (`batcher`).
+STREAM_MESSAGE_TIMEOUT_S = 10.0
 
 
 class GenerateStream:
-    """One reply's bidirectional stream: `send` a request, `recv` the answer."""
+    """One reply's bidirectional stream: `send` a request, `recv` the answer, each within its deadline."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, timeout_s: float = STREAM_MESSAGE_TIMEOUT_S) -> None:
         self._call = call
+        self.timeout_s = timeout_s
 
     async def send(self, request: tracker_pb2.GenerateRequest) -> None:
         try:
-            await self._call.write(request)
+            await asyncio.wait_for(self._call.write(request), self.timeout_s)
+        except TimeoutError:
+            raise errors.Unavailable(f"tracker took no message for {self.timeout_s:.0f} s") from None
         except grpc.aio.AioRpcError as error:
             raise domain_error(error, "tracker") from None
-        except grpc.aio.UsageError:
+        except (grpc.aio.UsageError, asyncio.InvalidStateError):  # the call has ended (the tracker went away)
             raise errors.Unavailable("tracker closed the generation stream") from None
 
     async def recv(self) -> tracker_pb2.GenerateResponse:
         try:
-            reply = await self._call.read()
+            reply = await asyncio.wait_for(self._call.read(), self.timeout_s)
+        except TimeoutError:
+            raise errors.Unavailable(f"tracker did not answer within {self.timeout_s:.0f} s") from None
         except grpc.aio.AioRpcError as error:
             raise domain_error(error, "tracker") from None
         if reply is grpc.aio.EOF:
@@ -51,8 +60,9 @@ class GenerateStream:
 
 
 class TrackerClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, stream_timeout_s: float = STREAM_MESSAGE_TIMEOUT_S) -> None:
         self.address = address
+        self.stream_timeout_s = stream_timeout_s
         self.channel = grpc_server.channel(address)
         self.stub = tracker_pb2_grpc.TrackerStub(self.channel)
 
@@ -66,7 +76,7 @@ class TrackerClient:
             raise domain_error(error, "tracker") from None
 
     def generate(self) -> GenerateStream:
-        return GenerateStream(self.stub.Generate())
+        return GenerateStream(self.stub.Generate(), self.stream_timeout_s)
 
     async def get_context(self, session_id: str) -> tracker_pb2.Context:
         reply: tracker_pb2.Context = await self._unary(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,10 @@ class Conversation:
         self.text_ids: list[int] = []
         self.reported = False  # a Fail reached the tracker, which tells the client itself
         self.failing = False  # taken out of the batch; the tracker is being told
+        self.resuming = False  # taken out of the batch while its stream is reopened (`batcher`)
+        # Whether this worker still holds the job: a reply is reopened only then (another worker may have taken the
+        # job over while this one was thought dead). The worker asks Redis; tests without one always hold it.
+        self.holds_job: Callable[[], Awaitable[bool]] = _always
         self.done: asyncio.Future[ReplyStats] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
@@ -119,6 +124,8 @@ class Conversation:
     # ---- opening: what the cache must be fed before the first token ------------------------------------------------
 
     async def open(self, thread: EngineThread) -> None:
+        """Opens the reply with the tracker, or reopens it after a fault: then it continues from the step the tracker
+        committed last, whatever this worker had computed beyond it (nothing the client saw is beyond it)."""
         opened = await self.peer.open()
         self._settings(opened.settings, first=True)
         pruned = opened.pruned
@@ -127,7 +134,11 @@ class Conversation:
         if not context.positions:
             raise FailedPrecondition("tracker sent an empty context")
         positions, token_ids = list(context.positions), list(context.token_ids)
+        self._resume_at(opened.resumed_step, token_ids)
         plan = self.cache.sync_plan(positions, token_ids)
+        if plan is not None and not plan[1] and len(self.cache) > 1:
+            # The cache holds the whole context, but the next token needs the last one's logits: it is fed again.
+            plan = ([*plan[0], positions[-1]], positions[-1:], token_ids[-1:])
         if plan is not None and plan[1]:
             evict, suffix_positions, suffix_ids = plan
             await thread.run(self.engine.evict, self.cache, evict, self.recall.enabled)
@@ -139,6 +150,15 @@ class Conversation:
             self.cache.clear()
             self._feed(token_ids, positions)
         self.stats.prefill_tokens = len(self.pending_ids)
+
+    def _resume_at(self, step: int, token_ids: list[int]) -> None:
+        """The reply's next step and its text so far (the context's last `step` entries: a reply's own tokens are
+        never pruned), for stop strings and max_new_tokens; 0 for a new reply."""
+        if step > len(token_ids):
+            raise FailedPrecondition(f"tracker resumed the reply at step {step} with {len(token_ids)} tokens")
+        self.step = step
+        self.text_ids = token_ids[len(token_ids) - step :] if step else []
+        self.stats.reason = ""
 
     def _feed(self, token_ids: list[int], positions: list[int]) -> None:
         """Context tokens to (re)fill the cache with, before any sampled token."""
@@ -175,7 +195,7 @@ class Conversation:
 
     def sample(self, out: StepOutput) -> tracker_pb2.Frame:
         """Samples this step's token from the forward's output; returns the Frame that reports it."""
-        self.token = self.sampler.sample(out.logits)
+        self.token = self.sampler.sample(out.logits, self.step)
         self.stats.token()
         frame = tracker_pb2.Frame(step=self.step, token_id=self.token, worker_seconds=out.seconds)
         if out.full is not None:
@@ -224,10 +244,15 @@ class Conversation:
         self.pending_ids.append(self.token)
         self.pending_positions.append(int(directive.position))
 
+    def ended_before(self) -> str:
+        """After a reopen: why the committed reply has already ended (its last token was EOS, or a stop string or
+        max_new_tokens was reached before the stream broke), or '' when it goes on."""
+        return self._ended(self.step) if self.text_ids else ""
+
     def finish_message(self) -> tracker_pb2.Finish:
         return tracker_pb2.Finish(
             reason=self.stats.reason,
-            tokens=self.stats.tokens,
+            tokens=self.step,  # the reply's tokens, a resumed one's earlier attempts' included
             time_to_first_token_s=self.stats.time_to_first_token_s,
             tokens_per_s=self.stats.tokens_per_s,
         )
@@ -242,17 +267,17 @@ class Conversation:
             self.recall.enabled = settings.recall
 
     def _finished(self, directive: tracker_pb2.Directive) -> str:
-        if directive.cancel:
-            return "cancelled"
-        if self.token in self.engine.eos_token_ids:
+        return "cancelled" if directive.cancel else self._ended(self.step + 1)
+
+    def _ended(self, tokens: int) -> str:
+        """Why a reply of `tokens` tokens whose text so far is `text_ids` ends here, or ''."""
+        if self.text_ids[-1] in self.engine.eos_token_ids:
             return "eos"
         if self.params.stop:
             text = str(self.engine.tokenizer.decode(self.text_ids, skip_special_tokens=True))
             if stop_reached(text, self.params.stop) is not None:
                 return "stop"
-        if self.step + 1 >= self.params.max_new_tokens:
-            return "length"
-        return ""
+        return "length" if tokens >= self.params.max_new_tokens else ""
 
     def fail_with(self, error: HaloWeaveError) -> None:
         if not self.done.done():
@@ -261,3 +286,7 @@ class Conversation:
     def succeed(self) -> None:
         if not self.done.done():
             self.done.set_result(self.stats)
+
+
+async def _always() -> bool:
+    return True

@@ -3,6 +3,10 @@
 Each actor declares its resources (one GPU where CUDA is available, otherwise a fraction of the CPUs, so that N
 actors share a small machine instead of blocking each other) and `max_restarts=-1`: Ray restarts a dead actor, which
 reloads its engine and resumes under the same worker name.
+
+Ray tells the driver when an actor dies (its next poll fails with `RayActorError`): the driver then releases the dead
+incarnation's jobs and marks the worker not alive, so that an idle worker continues its replies within a poll or two
+instead of after the claim time-out (`jobs.release_dead`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.common import keys
+from services.inference import affinity, jobs
 from services.inference.actor import WorkerActor
 from services.inference.config import InferenceConfig
 from services.inference.engine import Engine, EngineConfig
@@ -39,6 +44,7 @@ class Driver:
         self.actors: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._engine: dict[str, str] = {}
+        self._released: set[str] = set()  # incarnations whose jobs were released after Ray reported them dead
 
     def actor_options(self, gpu: bool) -> dict[str, Any]:
         if gpu:
@@ -69,16 +75,26 @@ class Driver:
             )
             self.actors[worker_id] = remote.remote(settings, functools.partial(build_engine, engine_config))
 
-    async def poll(self) -> bool:
-        """Asks every actor for its stats; True when at least one has its engine loaded and serves."""
+    async def poll(self, redis: Redis | None = None) -> bool:
+        """Asks every actor for its stats; True when at least one has its engine loaded and serves. An actor Ray
+        reports dead has its jobs released (given `redis`)."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        dead: list[str] = []
 
         async def ask(worker_id: str, actor: Any) -> tuple[str, dict[str, Any] | None]:
             try:
                 return worker_id, await asyncio.wait_for(actor.info.remote(), POLL_TIMEOUT_S)
-            except Exception:  # dead, restarting or busy loading: not alive for this poll
+            except (RayActorError, ActorUnavailableError):  # died (Ray restarts it) or is being restarted
+                dead.append(worker_id)
+                return worker_id, None
+            except Exception:  # busy loading: not alive for this poll
                 return worker_id, None
 
         answers = await asyncio.gather(*(ask(w, a) for w, a in self.actors.items()))
+        if redis is not None:
+            for worker_id in dead:
+                await self._release(redis, worker_id)
         ready = False
         for worker_id, info in answers:
             if info is not None and info.get("error"):
@@ -91,6 +107,19 @@ class Driver:
                 self._engine = info.get("engine") or self._engine
             ready = ready or snap is not None
         return ready
+
+    async def _release(self, redis: Redis, worker_id: str) -> None:
+        incarnation = ((self._info.get(worker_id) or {}).get("stats") or {}).get("incarnation")
+        if not incarnation or incarnation in self._released:
+            return
+        try:
+            await redis.delete(affinity.alive_key(worker_id))  # its sessions are routed to live workers meanwhile
+            released = await jobs.release_dead(redis, worker_id, incarnation, self.config.claim_idle_ms + 1)
+        except Exception as error:  # Redis away: the claim time-out still frees them, only later
+            log.warning("%s died; could not release its jobs yet: %s", worker_id, error)
+            return
+        self._released.add(incarnation)
+        log.warning("%s died (Ray restarts it); %d of its jobs released to the other workers", worker_id, released)
 
     async def stream_lag(self, redis: Redis) -> None:
         with contextlib.suppress(Exception):

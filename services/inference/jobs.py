@@ -4,8 +4,10 @@ Every worker is a consumer named after itself in the group `workers` of two Stre
 `hw:inf:w:{worker}:jobs`, where other workers forward the jobs of sessions it holds (see `affinity`).
 
 Exactly once:
-- a job is worked on only under its lock (`hw:inf:job:{job_id}`, SET NX with a time-out that the worker refreshes while
-  it runs), so a job reclaimed from a slow-but-alive worker is never run twice at the same time;
+- a job is worked on only under its lock (`hw:inf:job:{job_id}` = `<worker>/<incarnation>`, with a time-out that the
+  worker refreshes while it runs), so a job reclaimed from a slow-but-alive worker is never run twice at the same
+  time. A worker restarted under the same name takes over the locks of its dead incarnation at once, and the driver,
+  told by Ray that an actor died, releases them for the other workers (`release_dead`) without waiting for time-outs;
 - a job is completed by one Lua script that sets its done marker, appends the worker's own events (if any) and acks;
   a job whose done marker exists is acked and skipped, so a re-delivery after a crash between the completion and the
   ack does nothing;
@@ -118,17 +120,38 @@ return 1
 """
 )
 
-# KEYS: lock. ARGV: owner, ttl ms. Refreshes the lock only while this worker still holds it.
+# KEYS: lock. ARGV: holder (`<worker>/<incarnation>`), `<worker>/`, ttl ms. Takes a free lock, or one that an earlier
+# incarnation of this worker held (it is dead: a name runs in one process at a time). Never one it holds itself: a job
+# delivered twice to the same incarnation runs once.
+LOCK_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[2]) ~= ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: lock. ARGV: holder. Deletes the lock only while that holder has it.
+RELEASE_LOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lock. ARGV: holder, ttl ms. Refreshes the lock only while this worker still holds it.
 REFRESH_LOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
 
+def lock_holder(worker_id: str, incarnation: str) -> str:
+    return f"{worker_id}/{incarnation}"
+
+
 class JobQueue:
-    def __init__(self, redis: Redis, worker_id: str, claim_idle_ms: int = 15_000) -> None:
+    def __init__(self, redis: Redis, worker_id: str, claim_idle_ms: int = 15_000, incarnation: str = "0") -> None:
         self.redis = redis
         self.worker_id = worker_id
+        self.holder = lock_holder(worker_id, incarnation)
         self.own_stream = worker_stream(worker_id)
         self.claim_idle_ms = claim_idle_ms
         self._backlog: list[Job] = []
@@ -195,12 +218,20 @@ class JobQueue:
         return bool(await self.redis.exists(done_key(job.job_id)))
 
     async def lock(self, job: Job) -> bool:
-        """Takes the job's lock; False when another live worker is working on it."""
-        return bool(await self.redis.set(lock_key(job.job_id), self.worker_id, nx=True, px=self.claim_idle_ms))
+        """Takes the job's lock; False when another live worker (or this one, already) is working on it."""
+        taken = await self.redis.eval(  # type: ignore[misc]
+            LOCK_LUA, 1, lock_key(job.job_id), self.holder, f"{self.worker_id}/", self.claim_idle_ms
+        )
+        return bool(taken)
+
+    async def holds(self, job: Job) -> bool:
+        """Whether this worker still holds the job's lock (nobody took the job over)."""
+        holder = await self.redis.get(lock_key(job.job_id))
+        return _text(holder) == self.holder if holder is not None else False
 
     async def refresh(self, job: Job) -> None:
         """Keeps a running job ours: refreshes its lock and resets its idle time so nobody reclaims it."""
-        await self.redis.eval(REFRESH_LOCK_LUA, 1, lock_key(job.job_id), self.worker_id, self.claim_idle_ms)  # type: ignore[misc]
+        await self.redis.eval(REFRESH_LOCK_LUA, 1, lock_key(job.job_id), self.holder, self.claim_idle_ms)  # type: ignore[misc]
         await self.redis.xclaim(job.stream, keys.JOBS_GROUP, self.worker_id, 0, [job.entry_id], justid=True)
 
     async def complete(self, job: Job, outcome: str, session_events: list[tuple[str, dict[str, Any]]]) -> bool:
@@ -233,3 +264,29 @@ class JobQueue:
         await self.redis.xack(job.stream, keys.JOBS_GROUP, job.entry_id)
         if job.stream != keys.JOBS_STREAM:
             await self.redis.xdel(job.stream, job.entry_id)
+
+
+async def release_dead(redis: Redis, worker_id: str, incarnation: str, idle_ms: int) -> int:
+    """A worker incarnation is known dead (Ray said so): its jobs become takeable at once instead of after
+    `idle_ms`. Its locks are deleted (only while that incarnation holds them) and its pending entries on the shared
+    Stream are marked idle for `idle_ms`, so any worker's next XAUTOCLAIM takes them. Returns how many."""
+    holder = lock_holder(worker_id, incarnation)
+    released = 0
+    for stream in (keys.JOBS_STREAM, worker_stream(worker_id)):
+        try:
+            pending: Any = await redis.xpending_range(stream, keys.JOBS_GROUP, "-", "+", 1000, consumername=worker_id)
+        except ResponseError:  # no such Stream or group yet
+            continue
+        ids: list[Any] = [_text(entry["message_id"]) for entry in pending or []]
+        if not ids:
+            continue
+        entries: Any = await redis.xrange(stream, ids[0], ids[-1])
+        for entry_id, fields in entries or []:
+            job = _job(stream, entry_id, fields)
+            if job.entry_id in ids:
+                await redis.eval(RELEASE_LOCK_LUA, 1, lock_key(job.job_id), holder)  # type: ignore[misc]
+        # Still this consumer's (its restarted incarnation reads its own pending entries back), but idle enough
+        # for anyone's XAUTOCLAIM.
+        await redis.xclaim(stream, keys.JOBS_GROUP, worker_id, 0, ids, idle=idle_ms, justid=True)
+        released += len(ids)
+    return released

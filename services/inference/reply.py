@@ -37,12 +37,21 @@ class Peer(Protocol):
 
     async def close(self) -> None: ...
 
+    async def reopen(self) -> None:
+        """Drops the stream and starts a new one for the same job (the next call is `open` again)."""
+        ...
+
 
 class TrackerPeer:
     def __init__(self, tracker: TrackerClient, session_id: str, job_id: str) -> None:
         self.session_id = session_id
         self.job_id = job_id
+        self._tracker = tracker
         self._stream: GenerateStream = tracker.generate()
+
+    async def reopen(self) -> None:
+        await self._stream.close()
+        self._stream = self._tracker.generate()
 
     async def _ask(
         self, request: tracker_pb2.GenerateRequest, answer: Literal["opened", "directive", "recalled"], what: str
@@ -158,4 +167,7 @@ class LocalPeer:
         return True
 
     async def close(self) -> None:
+        return None
+
+    async def reopen(self) -> None:
         return None

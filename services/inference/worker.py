@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common.errors import AlreadyExists, Busy, HaloWeaveError, NotFound
 from services.inference import engine_thread
 from services.inference.affinity import Affinity
-from services.inference.batcher import Batcher
+from services.inference.batcher import Batcher, TakenOver
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import Engine, SessionCache
@@ -37,6 +38,9 @@ from services.inference.snapshots import Snapshots
 log = logging.getLogger(__name__)
 
 Events = list[tuple[str, dict[str, Any]]]
+# Every Redis call answers within this or fails (a stalled Redis must not hold a job forever); longer than any
+# blocking read this worker makes (the job Stream's 500 ms).
+REDIS_TIMEOUT_S = 5.0
 
 
 def offload_key(session_id: str) -> str:
@@ -61,12 +65,14 @@ class Worker:
         self.engine = engine
         self.stats = WorkerStats(settings.worker_id)
         self.sessions: SessionTable[SessionCache] = SessionTable(settings.limits.kv_budget_bytes)
-        self.redis = Redis.from_url(settings.redis_url)
+        self.redis = Redis.from_url(
+            settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
         self.tracker = TrackerClient(settings.tracker_addr)
         self.snapshot_client = SnapshotClient(settings.snapshot_addr)
         self.engine_thread = engine_thread.shared()  # every engine call, forwards and snapshots alike, on it
         self.snapshots = Snapshots(engine, self.tracker, self.snapshot_client, self.engine_thread)
-        self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms)
+        self.queue = JobQueue(self.redis, self.worker_id, settings.claim_idle_ms, self.stats.incarnation)
         self.affinity = Affinity(self.redis, self.worker_id, heartbeat_ttl_ms=settings.claim_idle_ms)
         self.last_reply: ReplyStats | None = None  # for status and tests: how the latest reply went
         self.stats.kv_budget_bytes = settings.limits.kv_budget_bytes
@@ -189,6 +195,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await keep
         self.stats.job(job.type, outcome)
+        if outcome == "superseded":
+            log.info("%s: job %s was taken over by another worker; left to it", self.worker_id, job.job_id)
+            return
         # Before completing: a completed job means the worker is done with it, its memory budget settled too.
         await self._fit_budget(just_used=job.session_id)
         self._fit_cold_budget()
@@ -254,10 +263,13 @@ class Worker:
         reply = Conversation(
             self.engine, cache, peer, job.session_id, job.job_id, self.settings.limits.cold_budget_bytes
         )
+        reply.holds_job = functools.partial(self.queue.holds, job)
         self._replies[job.job_id] = reply
         self.last_reply = reply.stats
         try:
             stats = await self.batcher.generate(reply)
+        except TakenOver:
+            return "superseded", []
         except AlreadyExists:
             # This job's reply was finished by a worker that died before marking the job done: complete it silently.
             self.sessions.put(job.session_id, cache)

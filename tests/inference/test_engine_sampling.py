@@ -49,7 +49,7 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent() -> None:
 
     def run(seed: int) -> list[int]:
         sampler = Sampler(SamplingParams(temperature=1.0, seed=seed))
-        return [sampler.sample(x) for x in logits]
+        return [sampler.sample(x, step) for step, x in enumerate(logits)]
 
     assert run(11) == run(11)
     assert run(11) != run(12)
@@ -61,9 +61,19 @@ def test_top_p_keeps_only_the_nucleus() -> None:
     logits = torch.full((50,), -10.0)
     logits[7], logits[3] = 5.0, 4.0  # ~73% and ~27% of the mass; everything else is negligible
     narrow = Sampler(SamplingParams(temperature=1.0, top_p=0.5, seed=0))
-    assert {narrow.sample(logits) for _ in range(50)} == {7}
+    assert {narrow.sample(logits, step) for step in range(50)} == {7}
     wide = Sampler(SamplingParams(temperature=1.0, top_p=0.99, seed=0))
-    assert {wide.sample(logits) for _ in range(200)} == {3, 7}
+    assert {wide.sample(logits, step) for step in range(200)} == {3, 7}
+
+
+def test_a_step_draws_the_same_token_whatever_came_before() -> None:
+    """A reply resumed at step n on a fresh sampler (another worker) samples what the first attempt would have."""
+    logits = [random_logits(i) for i in range(12)]
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=7)
+    whole = Sampler(params)
+    first = [whole.sample(x, step) for step, x in enumerate(logits)]
+    resumed = Sampler(params)
+    assert [resumed.sample(x, step) for step, x in enumerate(logits) if step >= 5] == first[5:]
 
 
 def test_stop_reached_finds_the_earliest_stop_string() -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+STEP_STRIDE = 1_000_003  # a prime above any reply's length: (seed, step) pairs never share a generator seed
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -29,15 +31,14 @@ class SamplingParams:
 
 
 class Sampler:
-    """One per generation, so that a seed reproduces a whole reply."""
+    """A seed reproduces a whole reply. Each step draws from a generator seeded by (seed, step), so a reply resumed
+    at step n on another worker (its earlier draws never made there) samples what the first attempt would have."""
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
         self.generator = torch.Generator(device="cpu")
-        # torch seeds must fit in 64 bits; fold any integer into that range deterministically.
-        self.generator.manual_seed(params.seed % (1 << 63))
 
-    def sample(self, logits: torch.Tensor) -> int:
+    def sample(self, logits: torch.Tensor, step: int = 0) -> int:
         """`logits` [vocab], any float dtype/device; returns a token id."""
         logits = logits.detach().float().cpu()
         if self.params.temperature == 0:
@@ -49,6 +50,8 @@ class Sampler:
             before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
             sorted_probs = torch.where(before < self.params.top_p, sorted_probs, torch.zeros_like(sorted_probs))
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        # torch seeds must fit in 64 bits; fold (seed, step) into that range deterministically.
+        self.generator.manual_seed((self.params.seed * STEP_STRIDE + step) % (1 << 63))
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
