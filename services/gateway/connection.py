@@ -3,7 +3,7 @@
 Three tasks per connection: the receive loop (client frames, handled one at a time), the sender (the only writer to
 the socket, draining a bounded outbox) and, once a session is bound, the Stream reader that fills the outbox. Errors
 caused by this connection are appended to the session Stream addressed to it, so every frame a client sees carries an
-increasing event id; before a session exists they carry event id 0.
+increasing event id; before a session exists they carry event id 0, and so does the error that ends a connection.
 """
 
 from __future__ import annotations
@@ -91,13 +91,16 @@ class Connection:
         self._stop.set()
 
     async def _farewell(self, code: str, message: str, close_code: int) -> None:
-        """Sends the terminal error straight to the socket (the outbox is gone) and closes, each bounded in time."""
-        event_id = 0
+        """Sends the terminal error straight to the socket (the outbox is gone) and closes, each bounded in time.
+
+        The error is kept in the session Stream (addressed to this connection) but goes out with event id 0: it
+        overtakes events the client has not been sent, and a client that resumed after its Stream id would miss them.
+        """
         if self.session_id is not None:
             with contextlib.suppress(RedisError):
-                event_id = await self._append_error(code, message)
+                await self._append_error(code, message)
         with contextlib.suppress(Exception):
-            text = encode(protocol.error_frame(code, message, event_id))
+            text = encode(protocol.error_frame(code, message, 0))
             await asyncio.wait_for(self.ws.send_text(text), FAREWELL_TIMEOUT_S)
             self.deps.metrics.frames.labels("out", "error").inc()
         with contextlib.suppress(Exception):
