@@ -257,8 +257,10 @@ class Connection:
 
     async def _user_message(self, session_id: str, text: str) -> None:
         peers = self.deps.peers
-        if self.generating_job is not None or (await peers.get_session(session_id)).generating:
+        if self.generating_job is not None:
             raise protocol.ProtocolError(protocol.BUSY, "a reply is being generated; cancel it or wait for done")
+        # Whether another connection's reply is running is the tracker's to say: it refuses while one is, and closes
+        # one whose stream ended without an answer (a crash) instead of refusing forever.
         try:
             await peers.append_user_message(session_id, text)
         except FailedPrecondition as error:

@@ -221,3 +221,57 @@ async def test_two_connections_of_one_session_see_the_same_events(gateway: Gatew
         got_b = await cb.recv()
         assert got_b["event_id"] == shared, "B must not see A's error"
         assert json.dumps(got_b).find("bad_json") == -1
+
+
+async def test_a_reply_whose_worker_vanished_does_not_block_the_next_message(
+    gateway: Gateway, redis: Redis, tracker_addr: str
+) -> None:
+    """A worker that opened a reply and vanished (its stream ended with neither Finish nor Fail) leaves the reply
+    orphaned: the next user message closes it (`aborted`, naming the old job) and goes ahead, instead of `busy`."""
+    import grpc
+    from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
+
+    session, _ = await new_session(gateway)
+    sid, token = session["session_id"], session["token"]
+    async with open_client(gateway.ws_url) as ws:
+        client = Client(ws)
+        await client.hello(session_id=sid, token=token, last_event_id=session["last_event_id"])
+        await client.send({"type": "user_message", "text": "Hello there."})
+        await read_message(client)
+        _, job = (await redis.xrevrange(keys.JOBS_STREAM, count=1))[0]
+        job_id = job[b"job_id"].decode()
+        async with grpc.aio.insecure_channel(tracker_addr) as channel:
+            call = tracker_pb2_grpc.TrackerStub(channel).Generate()
+            await call.write(tracker_pb2.GenerateRequest(open=tracker_pb2.Open(session_id=sid, job_id=job_id)))
+            assert (await call.read()).HasField("opened")
+            call.cancel()  # the worker is gone
+        header = await read_message_start(client)
+        last = header[-1]["event_id"]
+
+    async with open_client(gateway.ws_url) as ws:  # the page reloaded
+        client = Client(ws)
+        await client.hello(session_id=sid, token=token, last_event_id=last)
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # the tracker marks the reply orphaned just after the stream ends
+            await client.send({"type": "user_message", "text": "Are you still there?"})
+            frame = await client.recv()
+            if frame["type"] != "error" or frame["code"] != "busy":
+                break
+            assert asyncio.get_running_loop().time() < deadline, "still busy: the dead reply blocks the session"
+            await asyncio.sleep(0.1)
+        # The old reply is closed (its template trailer, then the error), then the new message goes in.
+        seen = [frame]
+        while not (seen[-1]["type"] == "token" and seen[-1]["role"] == "user"):
+            seen.append(await client.recv())
+        errors = [(f["code"], f.get("job_id")) for f in seen if f["type"] == "error"]
+        assert errors == [("aborted", job_id)], seen
+
+
+async def read_message_start(client: Client) -> list[dict[str, Any]]:
+    """The assistant header's token frames (`<|im_start|>assistant\\n`)."""
+    tokens: list[dict[str, Any]] = []
+    while not tokens or tokens[-1]["token"] != "\n":
+        frame = await client.recv()
+        if frame["type"] == "token":
+            tokens.append(frame)
+    return tokens
