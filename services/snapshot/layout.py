@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common import snapshot_ids
 from services.common.errors import DataLoss, InvalidArgument
 
 # Bumped whenever the stored bytes change meaning; a snapshot of another version is refused on load.
@@ -45,11 +46,9 @@ TRACKER_STATE = "metadata/tracker_state.bin"
 FIXED_TENSORS = ("input_ids", "attention_mask", "position_ids")
 COLD = "cold."  # the prefix of every cold-tier tensor name; its files live under cold/
 COLD_FIXED_TENSORS = ("cold.input_ids", "cold.position_ids")
-_LAYER_NAME = re.compile(r"^(cold\.)?layer\.(0|[1-9][0-9]*)\.(key|value)$")
-_LAYER_FILE = re.compile(r"^(cold/)?past_key_values/(0|[1-9][0-9]*)_(key|value)\.npy$")
-_ID = re.compile(
-    r"^m(1[0-2]|[1-9])d(3[01]|[12][0-9]|[1-9])x(2[0-3]|1[0-9]|[0-9])x([1-5]?[0-9])x([1-5]?[0-9])(_([2-9]|[1-9][0-9]+))?$"
-)
+# Matched whole (fullmatch): with `$`, `layer.0.key\n` would name the file of `layer.0.key` a second time.
+_LAYER_NAME = re.compile(r"(cold\.)?layer\.(0|[1-9][0-9]*)\.(key|value)")
+_LAYER_FILE = re.compile(r"(cold/)?past_key_values/(0|[1-9][0-9]*)_(key|value)\.npy")
 _MAX_SUFFIX = 10_000
 
 
@@ -66,7 +65,7 @@ def snapshot_id_candidates(now: datetime) -> list[str]:
 
 def check_snapshot_id(snapshot_id: str) -> str:
     """Raises InvalidArgument for anything that is not a snapshot folder name (no paths sneak through)."""
-    if not _ID.match(snapshot_id):
+    if not snapshot_ids.is_snapshot_id(snapshot_id):
         raise InvalidArgument(
             f"{snapshot_id!r} is not a snapshot id (expected m<month>d<day>x<hour>x<minute>x<second>)"
         )
@@ -74,12 +73,12 @@ def check_snapshot_id(snapshot_id: str) -> str:
 
 
 def is_snapshot_id(name: str) -> bool:
-    return bool(_ID.match(name))
+    return snapshot_ids.is_snapshot_id(name)
 
 
 def layer_of(name: str) -> tuple[int, str] | None:
     """`layer.3.key` and `cold.layer.3.key` → (3, "key"); None for the fixed tensors."""
-    match = _LAYER_NAME.match(name)
+    match = _LAYER_NAME.fullmatch(name)
     return (int(match.group(2)), match.group(3)) if match else None
 
 
@@ -107,7 +106,7 @@ def tensor_name(path: str) -> str:
     for name in (*FIXED_TENSORS, *COLD_FIXED_TENSORS):
         if path == f"{name.replace('.', '/')}.npy":
             return name
-    match = _LAYER_FILE.match(path)
+    match = _LAYER_FILE.fullmatch(path)
     if not match:
         raise ValueError(f"{path!r} is not a tensor file")
     return f"{COLD if match.group(1) else ''}layer.{match.group(2)}.{match.group(3)}"

@@ -10,8 +10,23 @@ import abc
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
+from services.common.errors import InvalidArgument
+
 # What a backend writes: the store hands over buffers it already holds, without joining or copying them.
 Data = bytes | bytearray | memoryview
+
+
+def check_location(snapshot_id: str, path: str = "") -> None:
+    """Refuses any folder or file name that could reach outside the store: a folder is one plain name, a file a
+    relative path of plain names. The store only ever passes snapshot ids and layout paths; this is the backstop."""
+    if not _plain(snapshot_id):
+        raise InvalidArgument(f"snapshot folder {snapshot_id[:80]!r} is not a plain name")
+    if path and not all(_plain(part) for part in path.split("/")):
+        raise InvalidArgument(f"snapshot file {path[:80]!r} is not a relative path inside its folder")
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 class Backend(abc.ABC):

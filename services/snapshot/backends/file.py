@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.snapshot.backends import Backend, Data
+from services.snapshot.backends import Backend, Data, check_location
 
 _CLAIM = ".claim"
 
@@ -26,7 +26,12 @@ class FileBackend(Backend):
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _folder(self, snapshot_id: str) -> Path:
+        check_location(snapshot_id)
         return self.root / snapshot_id
+
+    def _file(self, snapshot_id: str, path: str) -> Path:
+        check_location(snapshot_id, path)
+        return self.root / snapshot_id / path
 
     def claim(self, snapshot_id: str, content: bytes) -> bool:
         try:
@@ -37,7 +42,7 @@ class FileBackend(Backend):
         return True
 
     def write(self, snapshot_id: str, path: str, parts: Sequence[Data]) -> None:
-        target = self._folder(snapshot_id) / path
+        target = self._file(snapshot_id, path)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         with open(partial, "wb") as out:
@@ -45,13 +50,13 @@ class FileBackend(Backend):
         os.replace(partial, target)
 
     def remove(self, snapshot_id: str, path: str) -> None:
-        (self._folder(snapshot_id) / path).unlink(missing_ok=True)
+        self._file(snapshot_id, path).unlink(missing_ok=True)
 
     def read(self, snapshot_id: str, path: str) -> bytes:
-        return (self._folder(snapshot_id) / path).read_bytes()
+        return self._file(snapshot_id, path).read_bytes()
 
     def exists(self, snapshot_id: str, path: str) -> bool:
-        return (self._folder(snapshot_id) / path).is_file()
+        return self._file(snapshot_id, path).is_file()
 
     def list_ids(self) -> list[str]:
         return [entry.name for entry in self.root.iterdir() if entry.is_dir()]

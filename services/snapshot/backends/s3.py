@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common.errors import Unavailable
-from services.snapshot.backends import Backend, Data
+from services.snapshot.backends import Backend, Data, check_location
 
 _CLAIM = ".claim"
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -70,6 +70,7 @@ class S3Backend(Backend):
             raise Unavailable(f"object store {self.describe()} unreachable: {error}") from None
 
     def _key(self, snapshot_id: str, path: str = "") -> str:
+        check_location(snapshot_id, path)
         return f"{self.prefix}{snapshot_id}/{path}"
 
     def claim(self, snapshot_id: str, content: bytes) -> bool:
