@@ -8,6 +8,7 @@ back together with `Assembler`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ def to_chunks(arrays: dict[str, np.ndarray], chunk_bytes: int = CHUNK_BYTES) -> 
 
 # The largest single tensor a receiver accepts (a layer of a long-context cache is far smaller).
 MAX_TENSOR_BYTES = 16 * 1024**3
+# A cache tensor has at most 4 dimensions; numpy itself stops at 64.
+MAX_DIMS = 8
 
 
 @dataclass(slots=True)
@@ -116,10 +119,15 @@ class Assembler:
         dims = tuple(int(d) for d in shape)
         if any(d < 0 for d in dims):
             raise self.error(f"tensor {name!r}: negative dimension in shape {list(dims)}")
+        if len(dims) > MAX_DIMS:
+            raise self.error(f"tensor {name!r}: {len(dims)} dimensions is over the limit of {MAX_DIMS}")
         array_dtype = self.dtype_of(dtype)
-        size = int(np.prod(dims, dtype=np.float64)) * array_dtype.itemsize
-        if size > self.max_tensor_bytes:
-            raise self.error(f"tensor {name!r}: {size} bytes is over the {self.max_tensor_bytes}-byte limit")
+        # Exact integers (a float product of huge dims overflows to inf). The span leaves zeros out: numpy cannot
+        # shape even an empty array whose other dimensions multiply past what it can address.
+        size = math.prod(dims) * array_dtype.itemsize
+        span = math.prod(d for d in dims if d) * array_dtype.itemsize
+        if max(size, span) > self.max_tensor_bytes:
+            raise self.error(f"tensor {name!r}: {span} bytes is over the {self.max_tensor_bytes}-byte limit")
         self._seen.add(name)
         self._name, self._dtype, self._array_dtype, self._shape = name, dtype, array_dtype, dims
         self._buffer = bytearray(size)

@@ -8,6 +8,7 @@ its save never completes.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 import numpy as np
 
 from services.common.errors import InvalidArgument
+from services.common.tensor_chunks import MAX_DIMS, MAX_TENSOR_BYTES
 from services.snapshot import crypto, layout
 from services.snapshot.backends import Backend, Data
 from services.snapshot.obfuscation import Chain
@@ -85,7 +87,10 @@ class SaveSession:
         dims = tuple(int(d) for d in shape)
         if any(d < 0 for d in dims):
             raise InvalidArgument(f"{name}: negative dimension in shape {list(dims)}")
-        expected = int(np.prod(dims, dtype=np.int64)) * np_dtype.itemsize
+        if len(dims) > MAX_DIMS or math.prod(d for d in dims if d) * np_dtype.itemsize > MAX_TENSOR_BYTES:
+            # Even an empty array cannot have a shape whose other dimensions multiply past what numpy addresses.
+            raise InvalidArgument(f"{name}: shape {list(dims)} of {dtype} is over the size limit")
+        expected = math.prod(dims) * np_dtype.itemsize
         if expected != len(data):
             raise InvalidArgument(f"{name}: shape {list(dims)} of {dtype} needs {expected} bytes, got {len(data)}")
         if layer is not None:
