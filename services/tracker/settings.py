@@ -21,6 +21,12 @@ PRUNE_MODES = ("in_place", "reprefill")
 PRUNE_POLICIES = ("brightness", "recency", "random", "h2o", "tova")  # services/tracker/policies.py
 
 MAX_NEW_TOKENS_LIMIT = 8192
+# A score grows by boost * w(d) * attention per step. These bounds keep every score finite whatever the settings
+# (boost 1e308 overflowed to inf at the first step, and a distance scale of 5e-324 made w infinite and 0 * w NaN),
+# and stay far beyond any useful value (the defaults are 1, 0 and 10).
+MAX_BOOST = 1e6
+MAX_INITIAL_SCORE = 1e6
+MIN_DISTANCE_SCALE = 1e-6
 MAX_RECALL_SENTENCES = 64
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
@@ -102,11 +108,11 @@ def validate(s: Settings) -> None:
     _choice("prune_policy", s.prune_policy, PRUNE_POLICIES)
     if not isinstance(s.min_distance, int) or s.min_distance < 0:
         raise InvalidArgument(f"settings.min_distance: {s.min_distance!r} must be an integer >= 0")
-    _finite("distance_scale", s.distance_scale, 0.0, open_low=True)
+    _finite("distance_scale", s.distance_scale, MIN_DISTANCE_SCALE)
     # Exponential decay multiplies by (1 - r): r above 1 would flip signs.
     _finite("decay_rate", s.decay_rate, 0.0, 1.0 if s.decay_mode == "exponential" else None)
-    _finite("boost", s.boost, 0.0)
-    _finite("initial_score", s.initial_score, 0.0)
+    _finite("boost", s.boost, 0.0, MAX_BOOST)
+    _finite("initial_score", s.initial_score, 0.0, MAX_INITIAL_SCORE)
     if not isinstance(s.max_context_tokens, int) or s.max_context_tokens < 0:
         raise InvalidArgument(f"settings.max_context_tokens: {s.max_context_tokens!r} must be an integer >= 0")
     if not isinstance(s.recall, bool):
