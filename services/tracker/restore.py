@@ -12,6 +12,12 @@ from services.common.errors import InvalidArgument
 from services.tracker import segmentation
 from services.tracker.state import ROLE_CODES
 
+# Bounds that leave a restored session room to go on: positions are int64 and grow by one per token, turn and sentence
+# ids are int32 and grow by one per message and sentence. A dictionary at the edge of either would overflow (and the
+# session refuse every message) at its next token.
+MAX_POSITION = 2**62
+MAX_ID = 2**30
+
 
 @dataclass(frozen=True, slots=True)
 class ExportedToken:
@@ -25,6 +31,11 @@ class ExportedToken:
     deleted: bool
 
 
+def check_next_position(next_position: int) -> None:
+    if not 0 <= next_position <= MAX_POSITION:
+        raise InvalidArgument(f"state.next_position {next_position} is outside 0..{MAX_POSITION}")
+
+
 def columns(tokens: list[ExportedToken], vocab_size: int) -> tuple[dict[str, Any], list[str]]:
     """Checks an exported dictionary and rebuilds its arrays; refuses anything that would break an invariant."""
     previous_position = -1
@@ -32,8 +43,12 @@ def columns(tokens: list[ExportedToken], vocab_size: int) -> tuple[dict[str, Any
     for i, token in enumerate(tokens):
         if token.position <= previous_position:
             raise InvalidArgument(f"state.tokens[{i}]: positions must be unique and increasing")
+        if token.position >= MAX_POSITION:
+            raise InvalidArgument(f"state.tokens[{i}]: position {token.position} is not below {MAX_POSITION}")
         if token.turn_id < previous_turn or token.turn_id < 0 or token.sentence_id < 0:
             raise InvalidArgument(f"state.tokens[{i}]: turn and sentence ids must be non-negative, turns in order")
+        if token.turn_id >= MAX_ID or token.sentence_id >= MAX_ID:
+            raise InvalidArgument(f"state.tokens[{i}]: turn and sentence ids must be below {MAX_ID}")
         if token.role not in ROLE_CODES:
             raise InvalidArgument(f"state.tokens[{i}]: unknown role {token.role!r}")
         if not 0 <= token.token_id < vocab_size:

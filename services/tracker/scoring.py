@@ -110,7 +110,8 @@ def distance_weights(distance: NDArray[np.int64], mode: str, min_distance: int, 
     Looked up in a table of w(0..D) per (mode, m, s), computed once by `_weights_formula` and grown by doubling:
     a gather instead of a log1p over the whole context every step (the same numbers, bit for bit).
     """
-    if distance.size == 0 or int(distance.min()) < 0:  # nothing to look up, or not a query-to-key distance
+    if distance.size == 0 or int(distance.min()) < 0 or int(distance.max()) >= MAX_TABLE:
+        # Nothing to look up, not a query-to-key distance, or a span no table should be grown to.
         return _weights_formula(distance, mode, min_distance, scale)
     table = _weights_table(mode, min_distance, scale, int(distance.max()))
     return table[distance]
@@ -118,6 +119,10 @@ def distance_weights(distance: NDArray[np.int64], mode: str, min_distance: int, 
 
 _TABLES: dict[tuple[str, int, float], F64] = {}
 _MAX_TABLES = 64  # settings are per session, but a handful of distinct distance settings is the norm
+# Distances of 1M positions and more are weighted by the formula itself: a table grows to the next power of two above
+# the largest distance, and a restored dictionary may spread its positions over 2^62 (the table was then 2^63 entries
+# long: the frame failed, and so did every later one). 8 MiB per table at most.
+MAX_TABLE = 1 << 20
 
 
 def _weights_table(mode: str, min_distance: int, scale: float, highest: int) -> F64:
@@ -205,9 +210,12 @@ def update_active(
     One pass of the C kernel when it is built: the same operations in the same order, so the same numbers bit for
     bit as the numpy path, which runs otherwise."""
     count = len(positions) if active is None else len(active)
-    if count and decay_mode in native.DECAY_MODES and native.available():
+    span = 0
+    if count:
         first, last = (0, count - 1) if active is None else (int(active[0]), int(active[-1]))
-        table = _weights_table(distance_mode, min_distance, distance_scale, int(positions[last] - positions[first]))
+        span = int(positions[last] - positions[first])
+    if count and decay_mode in native.DECAY_MODES and native.available() and span < MAX_TABLE:
+        table = _weights_table(distance_mode, min_distance, distance_scale, span)
         if attention.dtype != np.float32 or not attention.flags.c_contiguous:
             attention = np.ascontiguousarray(attention, dtype=np.float32)
         return native.score_step(  # type: ignore[return-value]

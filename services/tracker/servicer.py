@@ -15,7 +15,7 @@ from haloweave.tracker.v1 import tracker_pb2_grpc
 
 from services.common.errors import FailedPrecondition, HaloWeaveError, InvalidArgument
 from services.common.grpc_server import handle_errors, handle_stream_errors
-from services.tracker import convert, metrics
+from services.tracker import convert, metrics, restore
 from services.tracker.engine import Engine
 from services.tracker.settings import Settings
 
@@ -70,6 +70,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
     async def RestoreState(self, request: pb.RestoreStateRequest, context: Any) -> pb.SessionInfo:
         settings = Settings().updated(convert.settings_changes_from_pb(request.state.settings))
         tokens = convert.tokens_from_pb(request.state)
+        restore.check_next_position(request.state.next_position)
         await self.engine.restore(request.session_id, settings, tokens, request.state.next_position)
         return convert.session_info_to_pb(await self.engine.session(request.session_id))
 
