@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,16 @@ def frame_from_pb(message: pb.Frame) -> FrameInput:
         layers=message.layers,
         heads=message.heads,
     )
+
+
+def finish_stats_from_pb(message: pb.Finish) -> dict[str, Any]:
+    """The worker's measurements of a reply, for its `done` event. One that is not a finite number (a clock gone
+    wrong) is reported as null, unknown: NaN and Infinity are not JSON, and every client parses the event."""
+    stats: dict[str, Any] = {"tokens": message.tokens}
+    for name in ("time_to_first_token_s", "tokens_per_s"):
+        value = getattr(message, name)
+        stats[name] = value if math.isfinite(value) else None
+    return stats
 
 
 def opened_to_pb(session_id: str, opened: Opened) -> pb.GenerateResponse:

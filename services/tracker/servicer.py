@@ -130,8 +130,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     yield convert.recalled_to_pb(recalled)
                 elif kind == "finish":
                     f = request.finish
-                    stats = {"tokens": f.tokens, "time_to_first_token_s": f.time_to_first_token_s}
-                    stats["tokens_per_s"] = f.tokens_per_s
+                    stats = convert.finish_stats_from_pb(f)
                     turn = await self.engine.finish(session_id, job_id, f.reason or "eos", stats, attempt)
                     closed = True
                     yield pb.GenerateResponse(closed=pb.Closed(turn_id=turn))
