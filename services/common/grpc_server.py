@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import errors
 from services.common.errors import HaloWeaveError
+from services.common.grpc_decode import DecodeRequests
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,10 @@ _ERRORS: dict[grpc.StatusCode, type[HaloWeaveError]] = {
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
 # Redis away (restarting, loading its AOF, stalled past the client's socket time-out): the call may be retried once it
 # is back, so the caller hears UNAVAILABLE, never INTERNAL.
 REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+
 
 def domain_error(error: grpc.aio.AioRpcError, peer: str) -> HaloWeaveError:
     """A failed call to `peer` as a domain error, so callers never need to know grpc."""
@@ -84,9 +85,9 @@ def handle_errors(method: F) -> F:
             await context.abort(status_for(error), error.message)
         except grpc.aio.AbortError:
             raise
-        except Exception:
         except REDIS_UNAVAILABLE as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {type(error).__name__}")
+        except Exception:
             log.exception("unhandled error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 
@@ -105,9 +106,9 @@ def handle_stream_errors(method: F) -> F:
             await context.abort(status_for(error), error.message)
         except grpc.aio.AbortError:
             raise
-        except Exception:
         except REDIS_UNAVAILABLE as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {type(error).__name__}")
+        except Exception:
             log.exception("unhandled error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 
@@ -119,7 +120,8 @@ class Server:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        # Requests that do not decode are refused as INVALID_ARGUMENT, not reported as the server's own failure.
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[DecodeRequests()])
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(address)
