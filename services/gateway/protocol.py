@@ -7,6 +7,7 @@ client in an `error` frame. Nothing here touches the socket, Redis or the peers.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,11 @@ CLOSE_SLOW_CONSUMER = 4429
 CLOSE_SHUTDOWN = 1001
 
 CLIENT_TYPES = ("hello", "user_message", "settings", "cancel")
+
+# A JSON escape of a UTF-16 surrogate: the only way a lone surrogate (which no UTF-8 encoder accepts, so neither
+# Redis nor protobuf can carry it) gets into a decoded frame; a text frame itself is always valid UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ProtocolError(Exception):
@@ -71,8 +77,13 @@ def parse(raw: str | bytes, max_frame_bytes: int, max_message_chars: int) -> Cli
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ProtocolError(BAD_JSON, f"frame is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError(BAD_JSON, "frame is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError(BAD_JSON, "frame must be a JSON object")
+    decoded = raw if isinstance(raw, str) else raw.decode(errors="replace")
+    if _SURROGATE_ESCAPE.search(decoded) and _has_surrogate(data):
+        raise ProtocolError(BAD_JSON, "frame holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode")
     kind = data.get("type")
     if kind not in CLIENT_TYPES:
         raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind!r}; expected one of {', '.join(CLIENT_TYPES)}")
@@ -100,6 +111,22 @@ def parse(raw: str | bytes, max_frame_bytes: int, max_message_chars: int) -> Cli
             raise ProtocolError(BAD_FRAME, "settings must be a JSON object")
         return ClientFrame("settings", settings=settings)
     return ClientFrame("cancel")
+
+
+def _has_surrogate(data: Any) -> bool:
+    """Whether any key or string in a decoded frame holds a lone surrogate (iterative: frames nest deeply)."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def error_frame(code: str, message: str, event_id: int = 0) -> dict[str, Any]:

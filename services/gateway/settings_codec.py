@@ -58,7 +58,7 @@ def to_pb(settings: Any) -> tracker_pb2.Settings:
         if name == "stop":
             if not all(isinstance(s, str) and s for s in value):
                 raise InvalidArgument("setting 'stop' must be a list of non-empty strings")
-            message.stop.extend(value)
+            _set(message, name, value)
             if not value:
                 message.clear_stop = True  # an empty list means "no stop strings", not "unchanged"
             continue
@@ -66,8 +66,24 @@ def to_pb(settings: Any) -> tracker_pb2.Settings:
             raise InvalidArgument(f"setting {name!r} is out of range")
         if name == "seed" and not -(2**63) <= value < 2**63:
             raise InvalidArgument("setting 'seed' is out of range")
-        setattr(message, name, float(value) if float in kinds else value)
+        if float in kinds and not isinstance(value, float):
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any double (JSON integers have no bound)
+                raise InvalidArgument(f"setting {name!r} is out of range") from None
+        _set(message, name, value)
     return message
+
+
+def _set(message: tracker_pb2.Settings, name: str, value: Any) -> None:
+    """Sets one field; a string protobuf cannot encode (a lone surrogate, which JSON can escape) is refused."""
+    try:
+        if name == "stop":
+            message.stop.extend(value)
+        else:
+            setattr(message, name, value)
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"setting {name!r} is not valid Unicode (a lone surrogate)") from None
 
 
 def from_pb(message: tracker_pb2.Settings) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""Client input that once broke the gateway's parsing (found by tests/fuzz): each is now a clear refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.common.errors import InvalidArgument
+from services.gateway import protocol, settings_codec
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 5000 + "]" * 5000,  # deeper than the JSON decoder recurses: a RecursionError, reported as `internal`
+        '{"type":"settings","settings":{"boost":' + "[" * 3000 + "]" * 3000 + "}}",
+        '{"a":' * 2000 + "1" + "}" * 2000,
+    ],
+)
+def test_deeply_nested_frames_are_bad_json(raw: str) -> None:
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.parse(raw, max_frame_bytes=1 << 20, max_message_chars=100)
+    assert (refused.value.code, refused.value.message) == (protocol.BAD_JSON, "frame is nested too deeply")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "hello", "session_id": "\ud800", "token": "t"},  # a Redis key no UTF-8 encoder can write
+        {"type": "user_message", "text": "hi \udfff"},  # a protobuf string field refuses it
+        {"type": "settings", "settings": {"stop": ["\udc00"]}},
+        {"type": "settings", "settings": {"\ud83d": 1}},
+        {"type": "cancel", "extra": ["\ud800"]},
+    ],
+)
+def test_lone_surrogate_escapes_are_bad_json(frame: dict[str, object]) -> None:
+    raw = json.dumps(frame)  # escaped: the text frame itself is valid UTF-8
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.parse(raw, max_frame_bytes=1 << 20, max_message_chars=100)
+    assert refused.value.code == protocol.BAD_JSON and "surrogate" in refused.value.message
+
+
+def test_escaped_characters_beyond_the_bmp_are_fine() -> None:
+    frame = protocol.parse(json.dumps({"type": "user_message", "text": "😀 \\ud800"}), 1 << 20, 100)
+    assert frame.text == "😀 \\ud800"  # a surrogate pair is one character; an escaped backslash is text
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"decay_rate": 10**400},  # a JSON integer beyond any double: OverflowError, once a 500 over REST
+        {"boost": -(10**309)},
+        {"aggregation": "\udc00"},  # over REST the body is parsed by the gateway itself, escapes and all
+        {"stop": ["ok", "\ud800"]},
+    ],
+)
+def test_settings_that_protobuf_cannot_carry_are_invalid(settings: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument):
+        settings_codec.to_pb(settings)
