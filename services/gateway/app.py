@@ -10,10 +10,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common import grpc_server
 from services.gateway import protocol
@@ -22,6 +24,7 @@ from services.gateway.connection import Connection, Deps
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.peers import Peers
 from services.gateway.rest import ApiError, api_error_response, router
+from services.gateway.rest_models import Health, Ready
 
 STATIC = Path(__file__).parent / "static"
 # Redis connections for everything but the Stream readers (which have their own, see the lifespan below).
@@ -68,22 +71,46 @@ def create_app(config: GatewayConfig) -> FastAPI:
         metrics.errors.labels(protocol.UNAVAILABLE).inc()
         return api_error_response(ApiError(protocol.UNAVAILABLE, f"Redis: {error}"))
 
+    # Every refusal has the `{code, message}` body, also those FastAPI and Starlette make themselves.
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in error.errors())
+        return api_error_response(ApiError(protocol.BAD_FRAME, f"malformed request: {problems}", 422))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+        reply = api_error_response(ApiError(code, str(error.detail), error.status_code))
+        reply.headers.update(error.headers or {})
+        return reply
+
     @app.websocket("/v1/chat")
     async def chat(ws: WebSocket) -> None:
         await Connection(ws, ws.app.state.deps).serve()
 
-    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    @app.get("/healthz", tags=["ops"], summary="The process is alive", response_model=Health)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Redis and every gRPC peer answer")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Redis and every gRPC peer answer",
+        response_model=None,
+        responses={
+            200: {"model": Ready, "description": "Every dependency answers"},
+            503: {"model": Ready, "description": "Some dependency does not answer: `checks` says which"},
+        },
+    )
     async def readyz(request: Request) -> JSONResponse:
         deps: Deps = request.app.state.deps
         checks = await _check_peers(deps)
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

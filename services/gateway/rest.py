@@ -1,19 +1,31 @@
 """REST endpoints under /v1/sessions/{id}: export, settings, snapshots. Each checks the session's bearer token.
 
-Errors are JSON `{"code", "message"}` with the same codes as WebSocket error frames.
+Errors are JSON `{"code", "message"}` with the same codes as WebSocket error frames. Each route declares its answers
+(rest_models) so that the OpenAPI schema says what a client really gets.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from haloweave.tracker.v1 import tracker_pb2
 
+from services.common import snapshot_ids
 from services.common.errors import HaloWeaveError, InvalidArgument, NotFound
 from services.gateway import auth, jobs, protocol, settings_codec
 from services.gateway.connection import Deps
+from services.gateway.rest_models import (
+    Export,
+    Settings,
+    SettingsChange,
+    SnapshotList,
+    SnapshotRestored,
+    SnapshotTaken,
+    error_responses,
+)
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["sessions"])
 
@@ -39,6 +51,15 @@ class ApiError(Exception):
 def api_error_response(error: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     return JSONResponse({"code": error.code, "message": error.message}, status_code=error.status, headers=headers)
+
+
+# What every session route may answer besides its own result: no or a wrong token, an unknown session, a malformed
+# request, a peer that failed or did not answer.
+_REFUSALS = (401, 404, 422, 502, 503)
+
+
+def _answers(model: type, *more: int) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model}, **error_responses(*sorted({*_REFUSALS, *more}))}
 
 
 def _deps(request: Request) -> Deps:
@@ -86,7 +107,12 @@ def _entry(token: tracker_pb2.TokenEntry) -> dict[str, Any]:
     }
 
 
-@router.get("/export", summary="The full token dictionary (deleted tokens included) and the settings")
+@router.get(
+    "/export",
+    summary="The full token dictionary (deleted tokens included) and the settings",
+    response_model=None,
+    responses=_answers(Export),
+)
 async def export(session_id: str, deps: Authorised) -> dict[str, Any]:
     try:
         state = await deps.peers.export(session_id)
@@ -102,7 +128,7 @@ async def export(session_id: str, deps: Authorised) -> dict[str, Any]:
     }
 
 
-@router.get("/settings", summary="The session's effective settings")
+@router.get("/settings", summary="The session's effective settings", response_model=None, responses=_answers(Settings))
 async def get_settings(session_id: str, deps: Authorised) -> dict[str, Any]:
     try:
         return settings_codec.from_pb(await deps.peers.get_settings(session_id))
@@ -110,17 +136,35 @@ async def get_settings(session_id: str, deps: Authorised) -> dict[str, Any]:
         raise _domain(error) from None
 
 
-@router.put("/settings", summary="Change some settings (only the given fields); returns the effective settings")
-async def put_settings(
-    session_id: str, deps: Authorised, settings: Annotated[dict[str, Any], Body(examples=[{"decay_rate": 0.01}])]
-) -> dict[str, Any]:
+_SETTINGS_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": SettingsChange.model_json_schema(), "example": {"decay_rate": 0.01}}},
+}
+
+
+@router.put(
+    "/settings",
+    summary="Change some settings (only the given fields); returns the effective settings",
+    response_model=None,
+    responses=_answers(Settings, 400),
+    openapi_extra={"requestBody": _SETTINGS_BODY},
+)
+async def put_settings(session_id: str, deps: Authorised, request: Request) -> dict[str, Any]:
+    # The body is read here rather than by FastAPI, so that a body that is not a JSON object is refused like any
+    # other bad settings (400 invalid_settings), with the same error body.
+    try:
+        settings = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise ApiError(protocol.INVALID_SETTINGS, "the body must be a JSON object of settings") from None
     try:
         return settings_codec.from_pb(await deps.peers.update_settings(session_id, settings_codec.to_pb(settings)))
     except HaloWeaveError as error:
         raise _domain(error, protocol.INVALID_SETTINGS) from None
 
 
-@router.get("/snapshots", summary="The session's snapshots, newest first")
+@router.get(
+    "/snapshots", summary="The session's snapshots, newest first", response_model=None, responses=_answers(SnapshotList)
+)
 async def list_snapshots(session_id: str, deps: Authorised) -> dict[str, Any]:
     try:
         reply = await deps.peers.list_snapshots(session_id)
@@ -155,13 +199,24 @@ async def _run_job(deps: Deps, session_id: str, job_type: str, answer: str, **ex
     return frame
 
 
-@router.post("/snapshots", summary="Take a snapshot of the session's KV cache and dictionary; returns its id")
+@router.post(
+    "/snapshots",
+    summary="Take a snapshot of the session's KV cache and dictionary; returns its id",
+    response_model=None,
+    responses=_answers(SnapshotTaken, 409, 504),
+)
 async def take_snapshot(session_id: str, deps: Authorised) -> dict[str, Any]:
     return await _run_job(deps, session_id, "snapshot", "snapshot_saved")
 
 
-@router.post("/snapshots/{snapshot_id}/restore", summary="Restore a snapshot: the session continues from it")
+@router.post(
+    "/snapshots/{snapshot_id}/restore",
+    summary="Restore a snapshot: the session continues from it",
+    response_model=None,
+    responses=_answers(SnapshotRestored, 400, 409, 504),
+)
 async def restore_snapshot(session_id: str, snapshot_id: str, deps: Authorised) -> dict[str, Any]:
-    if not snapshot_id or len(snapshot_id) > 200 or "/" in snapshot_id:
-        raise ApiError(protocol.BAD_FRAME, "malformed snapshot id")
+    # Only a well-formed id is passed on: nothing path-like ever reaches a job, a worker or the store.
+    if not snapshot_ids.is_snapshot_id(snapshot_id):
+        raise ApiError(protocol.BAD_FRAME, "malformed snapshot id (expected m<month>d<day>x<hour>x<minute>x<second>)")
     return await _run_job(deps, session_id, "restore", "snapshot_restored", snapshot_id=snapshot_id)
