@@ -14,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +34,13 @@ STATIC = Path(__file__).parent / "static"
 REDIS_COMMAND_CONNECTIONS = 128
 
 
+def reconnect() -> Retry:
+    """After Redis restarts, every pooled connection is dead, and each would fail its next command (a user message
+    appended but never answered): a command that meets a closed connection is sent again on a new one. Only
+    connection errors are retried, never a time-out, after which the command may have run."""
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2, supported_errors=(RedisConnectionError,))
+
+
 def create_app(config: GatewayConfig) -> FastAPI:
     metrics = GatewayMetrics()
 
@@ -39,10 +49,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
         # Short commands share a pool that a burst waits on rather than fails; every connection following a session's
         # Stream blocks in XREAD on a connection of its own, from a second pool as large as their number may be.
         pool = aioredis.BlockingConnectionPool.from_url(
-            config.redis_url, max_connections=REDIS_COMMAND_CONNECTIONS, timeout=config.rpc_timeout_s
+            config.redis_url, max_connections=REDIS_COMMAND_CONNECTIONS, timeout=config.rpc_timeout_s, retry=reconnect()
         )
         redis = aioredis.Redis.from_pool(pool)
-        readers = aioredis.Redis.from_url(config.redis_url, max_connections=config.max_sessions)
+        readers = aioredis.Redis.from_url(config.redis_url, max_connections=config.max_sessions, retry=reconnect())
         peers = Peers(config.tracker_addr, config.snapshot_addr, config.inference_addr, config.rpc_timeout_s)
         app.state.deps = Deps(config=config, redis=redis, peers=peers, metrics=metrics, readers=readers)
         try:
