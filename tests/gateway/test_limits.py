@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,18 +15,10 @@ from websockets.exceptions import ConnectionClosed
 
 from services.common import events, keys
 from tests.gateway.conftest import Client, Gateway, open_client, start_gateway
+from tests.support.raw_client import RawClient, small_receive_socket
 
 BIG = "x" * 16_000  # a fat event payload, so a stalled socket fills quickly
 FLOOD = 600  # ~10 MB: well past the kernel's send buffer plus the gateway's outbox of 64 frames
-
-
-def small_receive_socket(url: str) -> socket.socket:
-    """A client socket with a small fixed receive buffer (which also turns off receive autotuning)."""
-    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 async def error_count(gateway: Gateway, code: str) -> float:
@@ -101,32 +92,55 @@ def gateway_connections_to(gateway: Gateway, client_port: int) -> list[str]:
     return [c.status for c in connections if c.raddr and c.raddr.port == client_port]
 
 
+async def stall(gateway: Gateway, redis: Redis) -> tuple[RawClient, str]:
+    """A client that follows a session and then reads nothing while the session's events flood in, until the gateway
+    gives up on it (the `slow_consumer` error addressed to it is in the Stream)."""
+    async with open_client(gateway.ws_url) as ws:
+        session = await Client(ws).hello()
+    sid = session["session_id"]
+    stalled = RawClient(gateway.ws_url)
+    stalled.send({"type": "hello", "session_id": sid, "token": session["token"]})
+    for i in range(0, FLOOD, 50):
+        await events.append_events(redis, sid, [("attention", {"step": j, "data": BIG}) for j in range(i, i + 50)])
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        latest = await redis.xrevrange(keys.events_stream(sid), count=1)
+        if latest and b"slow_consumer" in latest[0][1][b"data"]:
+            return stalled, sid
+        assert asyncio.get_running_loop().time() < deadline, "the stalled client was never closed"
+        await asyncio.sleep(0.1)
+
+
 async def test_a_client_that_never_reads_is_dropped_not_held(gateway: Gateway) -> None:
     redis = Redis.from_url(gateway.redis_url)
-    sock = small_receive_socket(gateway.ws_url)
-    client_port = sock.getsockname()[1]
     try:
-        async with open_client(gateway.ws_url) as ws:
-            session = await Client(ws).hello()
-        sid, token = session["session_id"], session["token"]
-        stalled = await open_client(gateway.ws_url, sock=sock, max_queue=1, max_size=None).__aenter__()
-        await stalled.send(json.dumps({"type": "hello", "session_id": sid, "token": token}))
-        # ...and it never reads again, nor closes: only the gateway can end this connection.
-        before = await error_count(gateway, "slow_consumer")
-        for i in range(0, FLOOD, 50):
-            await events.append_events(redis, sid, [("attention", {"step": j, "data": BIG}) for j in range(i, i + 50)])
+        stalled, _ = await stall(gateway, redis)
+        # It never reads again, nor closes: the close cannot reach it, yet the socket and what is buffered for it are
+        # released within the farewell and close timeouts.
         deadline = asyncio.get_running_loop().time() + 30
-        while await error_count(gateway, "slow_consumer") <= before:
-            assert asyncio.get_running_loop().time() < deadline, "the stalled client was never closed"
-            await asyncio.sleep(0.1)
-        # The close cannot be delivered to a client that reads nothing; the socket and what is buffered for it are
-        # released anyway, within the farewell and close timeouts.
-        deadline = asyncio.get_running_loop().time() + 30
-        while "ESTABLISHED" in gateway_connections_to(gateway, client_port):
+        while "ESTABLISHED" in gateway_connections_to(gateway, stalled.port):
             assert asyncio.get_running_loop().time() < deadline, "the gateway still holds the stalled socket"
             await asyncio.sleep(0.2)
+        stalled.sock.close()
     finally:
-        sock.close()
+        await redis.aclose()
+
+
+async def test_a_client_that_reads_again_after_it_was_given_up_meets_the_close_code(gateway: Gateway) -> None:
+    redis = Redis.from_url(gateway.redis_url)
+    try:
+        stalled, _ = await stall(gateway, redis)
+        # It reads again after the 2 + 2 s the gateway gives its farewell, and before the 10 s after which it drops
+        # the socket. While its buffers are full the error frame cannot get through; the close frame is queued
+        # behind what the client missed, so it meets it.
+        await asyncio.sleep(6)
+        stalled.read_to_the_end()
+        assert stalled.close is not None, "the connection ended without a close frame"
+        assert (stalled.close.code, stalled.close.reason) == (4429, "slow_consumer")
+        relayed = [f["event_id"] for f in stalled.frames if f["type"] not in ("session", "error")]
+        assert relayed == list(range(relayed[0], relayed[0] + len(relayed))), "a gap-free run, to resume after"
+        stalled.sock.close()
+    finally:
         await redis.aclose()
 
 
@@ -193,7 +207,8 @@ def small_gateway(
 async def test_a_hello_beyond_the_session_cap_is_refused_until_one_goes(small_gateway: Gateway) -> None:
     held = [await open_client(small_gateway.ws_url).__aenter__() for _ in range(3)]
     try:
-        first = [await Client(ws).hello() for ws in held][0]
+        sessions = [await Client(ws).hello() for ws in held]
+        first = sessions[0]
         async with open_client(small_gateway.ws_url) as ws:
             client = Client(ws)
             await client.send({"type": "hello"})
