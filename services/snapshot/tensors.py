@@ -7,6 +7,7 @@ numpy lacks, is carried as raw 2-byte words (`<u2` inside the .npy) and keeps it
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,15 +94,22 @@ def npy_parts(array: np.ndarray) -> list[memoryview]:
     return [memoryview(npy_header(array)), array.reshape(-1).view(np.uint8).data]
 
 
+# numpy parses an .npy header with ast.literal_eval, and CPython 3.11 keeps the AST constructor's recursion depth in
+# state the threads share: two loads reading headers at once failed now and then, under load, with "SystemError: AST
+# constructor recursion depth mismatch" (INTERNAL). Headers are a few dozen bytes; only their parsing is serialised.
+_HEADER_LOCK = threading.Lock()
+
+
 def from_npy(data: bytearray, where: str) -> np.ndarray:
     """A view over the .npy in `data` (no copy)."""
     try:
         stream = io.BytesIO(memoryview(data)[: min(len(data), 1 << 16)])
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        with _HEADER_LOCK:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         if fortran or dtype.hasobject:
             raise ValueError("unsupported layout")
         count = int(np.prod(shape, dtype=np.int64))
