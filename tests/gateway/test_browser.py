@@ -291,3 +291,45 @@ def test_recall_is_a_setting_and_a_recalled_sentence_comes_back_in_the_transcrip
         assert score == 0.5
     finally:
         context.close()
+
+
+def test_a_reload_after_the_history_was_trimmed_redraws_from_the_export(stack: Stack, browser: object) -> None:
+    """The event Stream keeps only its newest events (8 MiB): a page reloaded after its start was trimmed cannot
+    rebuild from the replay, and draws the transcript from the export instead."""
+    import redis
+
+    from services.common import events, keys
+
+    context = browser.new_context(viewport={"width": 1280, "height": 860})  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        page.goto(stack.gateway_url)
+        page.wait_for_selector(".turn[data-role=system] .tok:not(.special)")
+        session = page.evaluate("() => window.haloweave.client.session")
+        shown = page.evaluate("() => window.haloweave.transcript.tokens.size")
+        sid = session["session_id"]
+        # Brightness events for the session's own positions, appended as the tracker writes them, past the budget.
+        positions = list(range(shown))
+        bounds = events.limits()
+        for step in range(100):  # ~10 KB each, 10 MB in all
+            data = {"step": step, "turn_id": 0, "positions": positions * 64, "scores": [step / 100] * (shown * 64)}
+            pairs = [part for _ in range(10) for part in events.encode("brightness", data)]
+            client.eval(
+                events.APPEND_EVENT_LUA, 4, *events.stream_keys(sid), bounds.max_events, bounds.max_bytes, *pairs
+            )
+        oldest = client.xrange(keys.events_stream(sid), count=1)[0][0]
+        assert events.entry_event_id(oldest) > shown, "the prompt's token events were trimmed"
+
+        page.reload()
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Connected: ')")
+        page.wait_for_function(f"() => window.haloweave.transcript.tokens.size === {shown}", timeout=30_000)
+        assert page.locator(".turn[data-role=system] .tok:not(.special)").count() > 0
+        # The replayed brightness (the newest events) goes on top of the export, up to the last step's scores.
+        page.wait_for_function("() => window.haloweave.transcript.tokens.get(1).score === 0.99", timeout=30_000)
+        assert not errors, errors
+    finally:
+        client.close()
+        context.close()
