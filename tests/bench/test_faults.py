@@ -1,0 +1,29 @@
+"""bench.faults's short run: a round without a fault and a killed snapshot service, the table and the results file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_quick_run_tabulates_outcomes_and_recovery(tmp_path: Path) -> None:
+    out = tmp_path / "faults.json"
+    only = ["--only", "no fault", "SIGKILL snapshot"]
+    command = [sys.executable, "-m", "bench.faults", "--quick", "--repeats", "1", *only, "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "completed once" in done.stdout and "recovery median s" in done.stdout
+    (table,) = json.loads(out.read_text())["tables"]
+    rows = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["rows"]}
+    assert set(rows) == {"no fault", "SIGKILL snapshot"}
+    for row in rows.values():
+        assert row["replies"] == 3 and row["completed once"] + row["clear error"] == 3, row
+        assert row["then completed"] == "3/3"
