@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,13 +12,15 @@ import grpc
 from haloweave.tracker.v1 import tracker_pb2 as pb
 from haloweave.tracker.v1 import tracker_pb2_grpc
 
-from services.common.errors import FailedPrecondition, HaloWeaveError, InvalidArgument
-from services.common.grpc_server import handle_errors, handle_stream_errors
+from services.common.errors import FailedPrecondition, HaloWeaveError, InvalidArgument, Unavailable
+from services.common.grpc_server import REDIS_UNAVAILABLE, handle_errors, handle_stream_errors
 from services.tracker import convert, metrics, restore
 from services.tracker.engine import Engine
 from services.tracker.settings import Settings
 
 log = logging.getLogger(__name__)
+# Marking a broken stream's reply orphaned while Redis is away: first wait, longest wait, give up after (seconds).
+ORPHAN_RETRY_S = (0.25, 5.0, 300.0)
 
 
 class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
@@ -152,8 +153,26 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                 task.add_done_callback(self._background.discard)
 
     async def _orphan(self, session_id: str, job_id: str, attempt: int | None) -> None:
-        with contextlib.suppress(Exception):
-            await self.engine.orphan(session_id, job_id, attempt)
+        """Marks the reply orphaned. A stream often ends because Redis went away (restarting, stalled): the mark is
+        retried until Redis answers again, or the reply would stay open for good and the session refuse every
+        message. A late mark is harmless: it leaves alone a reply that has ended or that a newer stream holds."""
+        delay, longest, patience = ORPHAN_RETRY_S
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                await self.engine.orphan(session_id, job_id, attempt)
+                return
+            except (Unavailable, *REDIS_UNAVAILABLE) as error:
+                if time.monotonic() + delay > deadline:
+                    log.warning(
+                        "session %s: reply of job %s left open, Redis unavailable: %s", session_id, job_id, error
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, longest)
+            except Exception:
+                log.exception("session %s: could not mark the reply of job %s orphaned", session_id, job_id)
+                return
 
     @staticmethod
     def _count_pruned(mode: str, tokens: int, sentences: int) -> None:
