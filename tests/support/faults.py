@@ -329,12 +329,20 @@ def classify(
     frames = [r.frame for r in received]
     errors = [r.frame for r in received if r.frame["type"] == "error" and not r.farewell]
     codes = [str(e.get("code")) for e in errors]
-    dones = [f for f in frames if f["type"] == "done"]
     user_turns = {f["turn_id"] for f in frames if f["type"] == "token" and f["role"] == "user"}
-    shown = [f for f in frames if f["type"] == "token" and f["role"] == "assistant"]
+    user_turn = min(user_turns) if user_turns else None
+
+    def ours(frame: Frame) -> bool:
+        """Not the end of an earlier reply (the next message closes an abandoned one: its trailer, its error)."""
+        return user_turn is None or frame["turn_id"] > user_turn
+
+    dones = [f for f in frames if f["type"] == "done" and ours(f)]
+    shown = [f for f in frames if f["type"] == "token" and f["role"] == "assistant" and ours(f)]
     recovery = None
     if fault_at is not None:
-        replied = [r for r in received if r.frame["type"] == "done" or r.frame.get("role") == "assistant"]
+        replied = [
+            r for r in received if (r.frame["type"] == "done" or r.frame.get("role") == "assistant") and ours(r.frame)
+        ]
         after = [r.at for r in replied if r.at > fault_at]
         ended = [r.at for r in received if r.at > fault_at and r.frame["type"] == "error" and not r.farewell]
         first = min(after + ([min(ended)] if not dones and ended else []), default=None)
@@ -345,7 +353,6 @@ def classify(
 
     # The reply in the export: assistant entries after this message's user turn, before the next user turn.
     entries = export.get("tokens", [])
-    user_turn = min(user_turns) if user_turns else None
     if user_turn is not None:
         later_users = [e["turn_id"] for e in entries if e["role"] == "user" and e["turn_id"] > user_turn]
         until = min(later_users, default=None)

@@ -72,3 +72,15 @@ def test_no_answer_is_lost_and_a_farewell_is_not_an_answer() -> None:
     c = conversation(*USER, *REPLY, farewell, farewell=len(USER) + len(REPLY))
     assert not c.answered()
     assert classify(c, EXPORT).kind == "lost"
+
+
+def test_the_end_of_an_abandoned_earlier_reply_is_not_this_messages() -> None:
+    """The message closes the reply left open before it (its trailer, an `aborted` error), then gets its own."""
+    earlier = [token(1, 0, "assistant", 0, "<|im_end|>", 2), {"type": "error", "event_id": 2, "code": "aborted"}]
+    user = [token(3, 1, "user", 1), token(4, 2, "user", 1)]
+    reply = [token(5, 3, "assistant", 2, HEADER), token(6, 4, "assistant", 2, "a")]
+    done = {"type": "done", "event_id": 7, "turn_id": 2, "stats": {}}
+    entries = [entry(0, "assistant", 0, "<|im_end|>", 2), entry(1, "user", 1), entry(2, "user", 1),
+               entry(3, "assistant", 2, HEADER), entry(4, "assistant", 2, "a")]  # fmt: skip
+    outcome = classify(conversation(*earlier, *user, *reply, done), {"tokens": entries})
+    assert (outcome.kind, outcome.errors) == ("completed once", ["aborted"])
