@@ -5,8 +5,8 @@ times: three sessions ask, and once every reply is under way one process is kill
 then SIGCONT after 30 s; 8 s with `--quick`). Every conversation is classified (tests/support/faults.py: completed
 once, clear error, lost, duplicated), then asks again to show the system serves after the fault. Recovery is the
 time from the fault to the first token delivered after it, or to the clear error. The `no fault` row is the same
-round without a fault: its recovery is the gap to the next token, the floor the others are read against, and the
-spread (slowest ÷ fastest recovery of a row) says how noisy the run was.
+round without a fault: its recovery is the gap to the next token, the floor the others are read against; the
+spread (slowest − fastest recovery of a row) and the load average say how noisy the run was.
 
 The output is a list of tables (`Table`): to report something more (say, the fuzzer's counts), write a function
 that makes a `Table` from the run and add it to `TABLES` in `__main__`; it is printed and saved with the others.

@@ -43,7 +43,7 @@ def chosen(args: argparse.Namespace) -> list[Fault]:
 def fault_table(runs: dict[str, list[Result]]) -> Table:
     table = Table(
         "Faults: the replies in flight when the fault came (counts over every repeat), and the next message after it",
-        ["fault", "replies", *OUTCOMES, "then completed", "recovery median s", "max s", "spread", "back s"],
+        ["fault", "replies", *OUTCOMES, "then completed", "recovery median s", "max s", "spread s", "back s"],
     )
     for name, results in runs.items():
         s = summary(results)
@@ -55,13 +55,13 @@ def fault_table(runs: dict[str, list[Result]]) -> Table:
                 f"{s['after']['completed once']}/{sum(len(r.after) for r in results)}",
                 s["recovery_median_s"],
                 s["recovery_max_s"],
-                s["recovery_spread"],
+                s["recovery_spread_s"],
                 s["back_median_s"],
             ]
         )
     table.notes = [
         "recovery: fault → first token delivered after it (or → the clear error); back: fault → the process serves",
-        "again (supervisor restart, Ray's new actor, end of the stall); spread: slowest ÷ fastest recovery of the row",
+        "again (supervisor restart, Ray's new actor, end of the stall); spread: slowest − fastest recovery of the row",
     ]
     return table
 

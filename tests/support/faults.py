@@ -550,6 +550,6 @@ def summary(results: list[Result]) -> dict[str, Any]:
         "after": after,
         "recovery_median_s": statistics.median(recoveries) if recoveries else None,
         "recovery_max_s": max(recoveries) if recoveries else None,
-        "recovery_spread": max(recoveries) / min(recoveries) if recoveries and min(recoveries) > 0 else None,
+        "recovery_spread_s": max(recoveries) - min(recoveries) if recoveries else None,
         "back_median_s": statistics.median(b) if (b := [r.back_s for r in results if r.back_s is not None]) else None,
     }
