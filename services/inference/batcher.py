@@ -232,7 +232,11 @@ class Batcher:
         while True:
             try:
                 if not first:
-                    if not await conversation.holds_job():
+                    try:
+                        holds = await conversation.holds_job()
+                    except Exception as error:  # Redis restarting: ask again after the back-off
+                        raise Unavailable(f"could not check the job's lock: {type(error).__name__}") from None
+                    if not holds:
                         # Another worker took the job over (this one was thought dead): the reply is theirs now.
                         raise TakenOver(f"job {conversation.job_id} was taken over by another worker")
                     await conversation.peer.reopen()
@@ -261,6 +265,11 @@ class Batcher:
         except HaloWeaveError as failure:  # past the deadline, or refused: the reply fails, clearly
             conversation.resuming = False
             self._fail(conversation, failure, resume=False)
+            return
+        except Exception as failure:  # never left hanging: whatever broke, the reply ends with an error
+            log.exception("%r: reopening failed", conversation)
+            conversation.resuming = False
+            self._fail(conversation, HaloWeaveError(f"reopening the reply failed: {failure}"), resume=False)
             return
         conversation.resuming = False
         log.info("%r: reopened at step %d", conversation, conversation.step)

@@ -172,6 +172,11 @@ class Worker:
         if await self.queue.is_done(job):
             await self.queue.skip(job)  # completed before a crash lost the ack
             return
+        if any(active.job_id == job.job_id for active in self._active.values()):
+            # Our own running job, delivered again (reclaimed from us after a Redis stall kept us from refreshing
+            # it): it is already being run here, and completes once, by the run at hand.
+            log.info("%s: job %s is already running here; not started twice", self.worker_id, job.job_id)
+            return
         owner = await self.affinity.route(job)
         if owner != self.worker_id:
             log.info(

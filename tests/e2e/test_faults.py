@@ -31,14 +31,6 @@ THEN = {"max_new_tokens": 6}  # the next message: a few tokens show that the ses
 FAULTS = faults(STALL_S)
 ANSWERED = ("completed once", "clear error")
 
-INFERENCE_REOPEN_ON_REDIS = (
-    "services/inference/batcher.py: Batcher._open calls conversation.holds_job() (a Redis GET) outside its "
-    "RESUMABLE handling; when the reopen runs while Redis is still restarting, redis ConnectionError escapes _open "
-    "and _resume (they catch HaloWeaveError only), the _resume task dies unobserved, the reply never ends, its job's "
-    "lock is still refreshed so nobody reclaims it, and the session's next messages are refused busy (a race: it "
-    "passes when Redis is back before the reopen)"
-)
-
 
 @pytest.fixture(scope="module")
 def faulty_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -59,7 +51,7 @@ def faulty_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "SIGKILL tracker",
         "SIGKILL gateway",
         "SIGKILL snapshot",
-        pytest.param("SIGKILL redis", marks=pytest.mark.xfail(strict=False, reason=INFERENCE_REOPEN_ON_REDIS)),
+        "SIGKILL redis",
         f"SIGSTOP tracker {STALL_S:g} s",
         f"SIGSTOP redis {STALL_S:g} s",
     ],
