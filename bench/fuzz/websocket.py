@@ -23,6 +23,7 @@ its session on the job Stream and nothing else was enqueued, and the gateway sti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -37,6 +38,7 @@ from bench.fuzz.explore import weighted
 from bench.fuzz.tally import Crash, Tally, Verdict
 from bench.fuzz.target import EVENT_KEYS, Target, differences, dump_session, strict_json
 from services.common import events, keys
+from services.tracker.settings import Settings
 
 # The gateway's defaults (docs/websocket.md "Gateway settings"); the fuzz stack does not change them.
 MAX_FRAME_BYTES = 64 * 1024
@@ -74,27 +76,8 @@ CODES = frozenset(
 )
 # With every peer up, these mean the gateway (or a peer) failed on the input.
 CRASH_CODES = frozenset({"internal", "unavailable"})
-SETTING_NAMES = (
-    "aggregation",
-    "distance_mode",
-    "min_distance",
-    "distance_scale",
-    "decay_mode",
-    "decay_rate",
-    "boost",
-    "initial_score",
-    "max_context_tokens",
-    "prune_mode",
-    "prune_policy",
-    "recall",
-    "recall_max_sentences",
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "stop",
-    "clear_stop",
-)
+# Every session setting the tracker knows (its Settings is the one list), plus the WebSocket's `clear_stop` flag.
+SETTING_NAMES = (*(f.name for f in dataclasses.fields(Settings)), "clear_stop")
 MODES = ("mean", "max", "full", "none", "linear", "logarithmic", "additive", "exponential", "in_place", "reprefill")
 
 
