@@ -79,7 +79,9 @@ def test_each_step_really_changes_what_it_covers() -> None:
     rng = np.random.default_rng(1)
     keys = rng.standard_normal((1, 4, 16, 8)).astype(np.float32)
     ids = rng.integers(0, 1000, (1, 64), dtype=np.int64)
-    rotate = Chain.new(["rotate_heads"])
+    # A fixed seed: a random permutation of 4 heads is the identity once in 24 draws, which would fail the check
+    # below by chance (seed 1 is such a draw); seed 0 moves heads in layer 0.
+    rotate = Chain([Step("rotate_heads", 0)])
     rotated = rotate.apply("layer.0.key", keys.copy())
     assert sorted(map(bytes, rotated[0])) == sorted(map(bytes, keys[0]))  # the same heads...
     assert any(not np.array_equal(rotated[0, h], keys[0, h]) for h in range(4))  # ...in another order
