@@ -35,3 +35,40 @@ def events_bytes(session_id: str) -> str:
 def auth_key(session_id: str) -> str:
     """Owned by the gateway: the sha256 of the session's secret token."""
     return f"hw:auth:{{{session_id}}}"
+
+
+# ---- finding everything of one session (its erase: DELETE /v1/sessions/{id}) -------------------------------------
+#
+# Two rules make every key of a session findable without a list that someone must keep up to date:
+# 1. a key *named* after a session carries its hash tag `{<sid>}` (session_tag), whoever owns it;
+# 2. a key that only *refers* to a session (an index from something else to it, e.g. from an API key's conversation)
+#    is named in the session's registry Set (session_registry) by whoever writes it, in the same transaction.
+# The erase deletes what matches rule 1 (session_match, SCAN) and what the registry names (then the registry).
+
+
+def session_tag(session_id: str) -> str:
+    """The part of every key named after a session: its Redis Cluster hash tag."""
+    return f"{{{session_id}}}"
+
+
+def _glob(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def session_match(session_id: str) -> str:
+    """A SCAN MATCH pattern for every key named after the session (rule 1)."""
+    return f"*{_glob(session_tag(session_id))}*"
+
+
+def session_prefix_match(session_id: str) -> str:
+    """A SCAN MATCH pattern for the keys under `session_prefix` (the tracker's and the event Stream's)."""
+    return f"{_glob(session_prefix(session_id))}:*"
+
+
+def session_registry(session_id: str) -> str:
+    """A Set of the names of keys that refer to the session without being named after it (rule 2)."""
+    return f"hw:reg:{session_tag(session_id)}"
+
+
+# Published (the session id) when a session has been erased: every gateway closes the connections bound to it.
+SESSION_ERASED_CHANNEL = "hw:erased"
