@@ -179,8 +179,10 @@ class Engine:
         return draft.state
 
     async def append_message(self, session_id: str, role: str, text: str) -> tuple[int, int, int]:
-        if role not in ("user", "system"):
-            raise InvalidArgument(f"role must be user or system, got {role!r}")
+        # An assistant message is a reply given elsewhere (a conversation sent whole, as OpenAI clients do): it is
+        # rendered by the template like a generated one, but nothing generates after it until a user message comes.
+        if role not in ("user", "system", "assistant"):
+            raise InvalidArgument(f"role must be user, system or assistant, got {role!r}")
         _check_text(text, "text")
         tokenised = self.template.tokenise(self.template.render(role, text))
 
@@ -345,6 +347,9 @@ class Engine:
             position = meta.next_position
             piece = self.template.pieces([frame.token_id])
             dictionary.append_tokens(draft, "assistant", meta.gen_turn, [frame.token_id], piece, continues=True)
+            # The sampled token's event says its step, so a reader tells the reply's text from the template's
+            # header and trailer around it (the OpenAI API returns only the text).
+            draft.events[-1][1]["step"] = frame.step
             dictionary.brightness(draft, previous, changed, frame.step)
             pruned = dictionary.prune(draft)
             meta.step += 1

@@ -75,7 +75,7 @@ async def test_unknown_session_and_bad_messages_are_refused(make_engine: EngineF
     sid = (await engine.create_session({}, None)).session_id
     before = await dictionary(engine, sid)
     with pytest.raises(InvalidArgument, match="role"):
-        await engine.append_message(sid, "assistant", "hi")
+        await engine.append_message(sid, "tool", "hi")
     with pytest.raises(InvalidArgument, match="empty"):
         await engine.append_message(sid, "user", "")
     with pytest.raises(InvalidArgument, match=r"settings\.decay_rate"):
@@ -116,6 +116,24 @@ async def test_a_generation_scores_appends_and_closes(make_engine: EngineFactory
     brightness = [e for e in events if e["type"] == "brightness"]
     assert brightness[0]["step"] == 0 and len(brightness[0]["positions"]) == len(brightness[0]["scores"])
     assert not (await engine.session(sid_)).generating
+    # Only the sampled tokens carry their step: the header and trailer around them do not.
+    turn_tokens = [e for e in events if e["type"] == "token" and e["turn_id"] == turn]
+    assert [e["token_id"] for e in turn_tokens if "step" in e] == [42, 2]
+    assert [e["step"] for e in turn_tokens if "step" in e] == [0, 1]
+    assert "step" not in turn_tokens[0] and "step" not in turn_tokens[-1]
+
+
+async def test_an_assistant_message_is_rendered_as_a_reply(make_engine: EngineFactory) -> None:
+    """A conversation sent whole (the OpenAI API) appends the earlier replies as assistant turns."""
+    engine = await make_engine()
+    sid = (await engine.create_session({}, "S.")).session_id
+    await engine.append_message(sid, "user", "Hi.")
+    turn, first, last = await engine.append_message(sid, "assistant", "Hello.")
+    _state, tokens = await engine.export(sid)
+    reply = [t for t in tokens if t.turn_id == turn]
+    assert {t.role for t in reply} == {"assistant"} and reply[0].position == first and reply[-1].position == last
+    assert "".join(t.token for t in reply) == engine.template.render("assistant", "Hello.")
+    assert not (await engine.session(sid)).generating
 
 
 @pytest.mark.parametrize(
