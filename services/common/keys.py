@@ -72,3 +72,31 @@ def session_registry(session_id: str) -> str:
 
 # Published (the session id) when a session has been erased: every gateway closes the connections bound to it.
 SESSION_ERASED_CHANNEL = "hw:erased"
+
+
+# ---- the OpenAI-compatible API (owned by the gateway, services/gateway/openai) ---------------------------------
+
+
+def api_key(key_id: str) -> str:
+    """A Hash per API key: `digest` (sha256 of the secret), `name`, `created` (unix time). Never the secret."""
+    return f"hw:apikey:{key_id}"
+
+
+# A Set of every API key id, for listing them.
+API_KEYS = "hw:apikeys"
+
+
+def openai_owner(session_id: str) -> str:
+    """The id of the API key that created the session (named after it: erased with it, rule 1)."""
+    return f"hw:oai:owner:{session_tag(session_id)}"
+
+
+def openai_history(session_id: str) -> str:
+    """The digest of the session's message history as the API last returned it (rule 1)."""
+    return f"hw:oai:history:{session_tag(session_id)}"
+
+
+def openai_conversation(key_id: str, history_digest: str) -> str:
+    """One API key's index from a message history's digest to the session that holds it. Named in the session's
+    registry (rule 2), so the session's erase removes it."""
+    return f"hw:oai:conv:{key_id}:{history_digest}"
