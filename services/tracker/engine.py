@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from services.common.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.tracker import dictionary, restore
 from services.tracker.frames import FrameInput, reduce_frame
 from services.tracker.restore import ExportedToken
@@ -125,7 +132,11 @@ class Engine:
         if cached is not None:
             self._cache.move_to_end(session_id)
             return cached
-        state = await self.store.load(session_id)
+        try:
+            state = await self.store.load(session_id)
+        except NotFound:
+            self._cache.pop(session_id, None)  # erased (by another replica, say): its stale copy goes too
+            raise
         self._remember(state)
         return state
 
@@ -161,6 +172,16 @@ class Engine:
 
     async def session(self, session_id: str) -> SessionState:
         return await self._state(session_id, fresh=True)
+
+    async def delete_session(self, session_id: str) -> tuple[int, bool]:
+        """Erases the session: its Redis keys and this replica's cached state. Returns (keys removed, was cached).
+
+        A step of another replica (or of a stream still open here) that commits afterwards finds no stored version
+        to match, so it is refused (CONFLICT), reloads and meets NotFound: nothing of the session is written again."""
+        cached = self._cache.pop(session_id, None) is not None
+        removed = await self.store.delete(session_id)
+        self._cache.pop(session_id, None)  # a read that raced the erase may have cached it again
+        return removed, cached
 
     # ---- sessions and messages ------------------------------------------------------------------------------------
 

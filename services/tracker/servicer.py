@@ -75,6 +75,16 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         await self.engine.restore(request.session_id, settings, tokens, request.state.next_position)
         return convert.session_info_to_pb(await self.engine.session(request.session_id))
 
+    @handle_errors
+    async def DeleteSession(self, request: pb.SessionRef, context: Any) -> pb.SessionDeleted:
+        if not request.session_id:
+            raise InvalidArgument("session_id is empty")
+        removed, cached = await self.engine.delete_session(request.session_id)
+        log.info(
+            "session %s erased: %d keys%s", request.session_id, removed, ", cached state dropped" if cached else ""
+        )
+        return pb.SessionDeleted(keys=removed, cached=cached)
+
     @handle_stream_errors
     async def Generate(
         self, request_iterator: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from services.common import events, keys
+from services.common import erasing, events, keys
 from services.common.errors import DataLoss, NotFound
 from services.tracker import wire
 from services.tracker.settings import Settings
@@ -169,6 +169,10 @@ class Store:
                 )
             arrays["score"][active] = live
         return state
+
+    async def delete(self, session_id: str) -> int:
+        """Erases every key under the session's prefix (the layout above, staging keys included); returns how many."""
+        return await erasing.unlink_matching(self.redis, keys.session_prefix_match(session_id))
 
     async def texts(self, session_id: str) -> list[str]:
         return [_text(t) for t in await self.redis.lrange(text_key(session_id), 0, -1)]  # type: ignore[misc]
