@@ -51,17 +51,22 @@ class Peers:
             return ""
         return status.model
 
-    async def create_session(self) -> tracker_pb2.SessionInfo:
-        return await _call(
-            "CreateSession", self.tracker.CreateSession(tracker_pb2.CreateSessionRequest(), timeout=self.timeout)
-        )
+    async def create_session(
+        self, system_prompt: str | None = None, settings: tracker_pb2.Settings | None = None
+    ) -> tracker_pb2.SessionInfo:
+        """A new session: the default system prompt and settings unless given (the OpenAI API gives both)."""
+        request = tracker_pb2.CreateSessionRequest(settings=settings, system_prompt=system_prompt)
+        return await _call("CreateSession", self.tracker.CreateSession(request, timeout=self.timeout))
 
     async def get_session(self, session_id: str) -> tracker_pb2.SessionInfo:
         ref = tracker_pb2.SessionRef(session_id=session_id)
         return await _call("GetSession", self.tracker.GetSession(ref, timeout=self.timeout))
 
     async def append_user_message(self, session_id: str, text: str) -> tracker_pb2.AppendMessageResponse:
-        request = tracker_pb2.AppendMessageRequest(session_id=session_id, role="user", text=text)
+        return await self.append_message(session_id, "user", text)
+
+    async def append_message(self, session_id: str, role: str, text: str) -> tracker_pb2.AppendMessageResponse:
+        request = tracker_pb2.AppendMessageRequest(session_id=session_id, role=role, text=text)
         return await _call("AppendMessage", self.tracker.AppendMessage(request, timeout=self.timeout))
 
     async def get_settings(self, session_id: str) -> tracker_pb2.Settings:
