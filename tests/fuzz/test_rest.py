@@ -26,7 +26,10 @@ EXAMPLES = 40  # per operation and credentials
 def _schema() -> object:
     """The gateway's schema as its code builds it (the servers start later, in fixtures); the served one is checked
     to be the same document."""
-    config = GatewayConfig("redis://127.0.0.1:1/0", "127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1")
+    peer = "127.0.0.1:1"
+    config = GatewayConfig(
+        redis_url="redis://127.0.0.1:1/0", tracker_addr=peer, snapshot_addr=peer, inference_addr=peer
+    )
     return create_app(config).openapi()
 
 

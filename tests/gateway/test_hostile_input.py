@@ -64,7 +64,13 @@ def _operations() -> dict[str, dict[str, object]]:
     from services.gateway.app import create_app
     from services.gateway.config import GatewayConfig
 
-    schema = create_app(GatewayConfig("redis://127.0.0.1:1/0", "a:1", "b:1", "c:1")).openapi()
+    peers = {
+        "redis_url": "redis://127.0.0.1:1/0",
+        "tracker_addr": "a:1",
+        "snapshot_addr": "b:1",
+        "inference_addr": "c:1",
+    }
+    schema = create_app(GatewayConfig(**peers)).openapi()
     return {f"{method.upper()} {path}": op for path, ops in schema["paths"].items() for method, op in ops.items()}
 
 

@@ -1,25 +1,42 @@
 """S3-compatible object storage (AWS S3, SeaweedFS, ...): one key prefix per snapshot.
 
-Settings come from the environment at start-up: HALOWEAVE_S3_ENDPOINT (omit for AWS itself), AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_REGION. S3 has no rename, so a name is claimed with a conditional put (`If-None-Match: *`)
-of the folder's claim marker: of two concurrent saves with one name, exactly one wins. Large files go up as
-multipart uploads in parallel parts.
+Settings come from the environment at start-up (`S3Settings`): HALOWEAVE_S3_ENDPOINT (omit for AWS itself),
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION. S3 has no rename, so a name is claimed with a conditional put
+(`If-None-Match: *`) of the folder's claim marker: of two concurrent saves with one name, exactly one wins. Large
+files go up as multipart uploads in parallel parts.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field
+
+from services.common.config import EnvSettings, secret
 from services.common.errors import Unavailable
 from services.snapshot.backends import Backend, Data, check_location
 
 _CLAIM = ".claim"
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _PART_BYTES = 16 * 1024 * 1024
+
+
+class S3Settings(EnvSettings):
+    endpoint: str | None = Field(
+        default=None,
+        validation_alias="HALOWEAVE_S3_ENDPOINT",
+        description="URL of an S3-compatible server (SeaweedFS, MinIO, ...) for `s3://` stores; unset: AWS itself.",
+    )
+    access_key_id: str | None = secret(
+        "AWS_ACCESS_KEY_ID", "S3 access key id; unset: boto3's own credential chain.", default=None
+    )
+    secret_access_key: str | None = secret(
+        "AWS_SECRET_ACCESS_KEY", "S3 secret access key; unset: boto3's own credential chain.", default=None
+    )
+    region: str = Field(default="us-east-1", validation_alias="AWS_REGION", min_length=1, description="S3 region.")
 
 
 class S3Backend(Backend):
@@ -32,12 +49,13 @@ class S3Backend(Backend):
 
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
-        self.endpoint = os.environ.get("HALOWEAVE_S3_ENDPOINT") or None
+        settings = S3Settings()
+        self.endpoint = settings.endpoint
         # A session of our own: boto3's default session caches the first credentials it resolved for the process.
         session = boto3.session.Session(
-            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or None,
-            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-            region_name=os.environ.get("AWS_REGION") or "us-east-1",
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            region_name=settings.region,
         )
         self.client = client or session.client(
             "s3",

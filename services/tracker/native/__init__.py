@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
+
+from services.common.config import EnvSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,17 @@ _lib: ctypes.CDLL | None = None
 _loaded = False
 
 
+class NativeSettings(EnvSettings):
+    cache: Path = Field(
+        default_factory=lambda: REPO_ROOT / ".cache" / "native",
+        validation_alias="HALOWEAVE_NATIVE_CACHE",
+        description="Where the tracker's C kernels are compiled to (the file name carries the source's hash).",
+        json_schema_extra={"shown_default": "`.cache/native` in the repository"},
+    )
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("HALOWEAVE_NATIVE_CACHE", REPO_ROOT / ".cache" / "native"))
+    return NativeSettings().cache
 
 
 def library_path() -> Path:
