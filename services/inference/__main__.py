@@ -71,7 +71,8 @@ async def serve(config: InferenceConfig) -> None:
         )
     else:
         ray.init(address=config.ray_address, logging_level=logging.WARNING)
-    driver = Driver(config)
+    redis = Redis.from_url(config.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    driver = Driver(config, redis)
     registry = CollectorRegistry()
     registry.register(driver.collector)
     lifecycle.start_metrics(config.metrics_port, config.listen, registry)
@@ -89,7 +90,6 @@ async def serve(config: InferenceConfig) -> None:
     await set_health(False)  # until the actors have loaded the model
     driver.start()
     stop = lifecycle.stop_on_signals()
-    redis = Redis.from_url(config.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
     serving = False
     log.info("starting %d worker(s) on %s", config.workers, config.device)
     try:

@@ -16,8 +16,9 @@ from typing import Any
 
 from services.inference import engine_thread
 from services.inference.engine import Engine
+from services.inference.forget import Forgot
 from services.inference.metrics import WorkerStats
-from services.inference.worker import Worker, WorkerSettings
+from services.inference.worker import FORGET_WAIT_S, Worker, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class WorkerActor:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_stop: asyncio.Event | None = None
+        self._worker: Worker | None = None
         self._thread = threading.Thread(target=self._main, args=(engine_factory,), name="worker", daemon=True)
         self._thread.start()
 
@@ -56,6 +58,7 @@ class WorkerActor:
     async def _serve(self, engine: Engine) -> None:
         worker = Worker(self.settings, engine)
         self.stats = worker.stats
+        self._worker = worker
         self._loop = asyncio.get_running_loop()
         self._async_stop = asyncio.Event()
         if self._stop.is_set():
@@ -75,6 +78,15 @@ class WorkerActor:
 
     def info(self) -> dict[str, Any]:
         return {"stats": self.stats.to_dict(), "error": self.error, "engine": self.engine}
+
+    def forget(self, session_id: str, wait_s: float = FORGET_WAIT_S) -> Forgot:
+        """Runs `Worker.forget` on the worker's loop (the driver's broadcast of a session's erase). A worker that is
+        not serving yet holds nothing of any session."""
+        worker, loop = self._worker, self._loop
+        if worker is None or loop is None:
+            return Forgot(self.settings.worker_id)
+        future = asyncio.run_coroutine_threadsafe(worker.forget(session_id, wait_s), loop)
+        return future.result(wait_s + 5)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finishes the job at hand, then stops serving."""

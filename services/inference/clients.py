@@ -90,6 +90,9 @@ class TrackerClient:
         )
         return reply
 
+    async def cancel(self, session_id: str) -> None:
+        await self._unary(self.stub.Cancel, tracker_pb2.SessionRef(session_id=session_id))
+
     async def restore_state(self, session_id: str, state: tracker_pb2.ExportResponse) -> tracker_pb2.SessionInfo:
         request = tracker_pb2.RestoreStateRequest(session_id=session_id, state=state)
         reply: tracker_pb2.SessionInfo = await self._unary(self.stub.RestoreState, request)

@@ -15,22 +15,26 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
 from services.common import keys
-from services.inference import affinity, jobs
+from services.common.errors import Unavailable
+from services.inference import affinity, forget, jobs
 from services.inference.actor import WorkerActor
 from services.inference.config import InferenceConfig
 from services.inference.engine import Engine, EngineConfig
 from services.inference.metrics import StatsCollector
-from services.inference.worker import WorkerSettings
+from services.inference.worker import FORGET_WAIT_S, WorkerSettings
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 POLL_TIMEOUT_S = 5.0
+# A worker lets go of a session within its own wait for the session's job (worker.FORGET_WAIT_S) and a margin.
+FORGET_TIMEOUT_S = FORGET_WAIT_S + 10
 
 
 def build_engine(config: EngineConfig) -> Engine:
@@ -38,8 +42,9 @@ def build_engine(config: EngineConfig) -> Engine:
 
 
 class Driver:
-    def __init__(self, config: InferenceConfig) -> None:
+    def __init__(self, config: InferenceConfig, redis: Redis | None = None) -> None:
         self.config = config
+        self.redis = redis  # for a session's erase (forget)
         self.collector = StatsCollector()
         self.actors: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
@@ -120,6 +125,28 @@ class Driver:
             return
         self._released.add(incarnation)
         log.warning("%s died (Ray restarts it); %d of its jobs released to the other workers", worker_id, released)
+
+    async def forget(self, session_id: str) -> forget.Forgotten:
+        """Erases a session from every actor and from the service's Redis keys (services/inference/forget.py)."""
+        if self.redis is None:
+            raise Unavailable("the driver has no Redis client")
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        def ask(worker_id: str, actor: Any) -> Callable[[str], Awaitable[forget.Forgot | None]]:
+            async def call(sid: str) -> forget.Forgot | None:
+                try:
+                    forgot: forget.Forgot = await asyncio.wait_for(actor.forget.remote(sid), FORGET_TIMEOUT_S)
+                    return forgot
+                except (RayActorError, ActorUnavailableError):
+                    return None  # dead or restarting: a new incarnation starts with no cache
+                except TimeoutError:
+                    raise Unavailable(f"{worker_id} did not let go of session {sid} in time") from None
+
+            return call
+
+        return await forget.forget_session(
+            self.redis, session_id, {worker_id: ask(worker_id, actor) for worker_id, actor in self.actors.items()}
+        )
 
     async def stream_lag(self, redis: Redis) -> None:
         with contextlib.suppress(Exception):

@@ -21,13 +21,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.errors import AlreadyExists, Busy, HaloWeaveError, NotFound
+from services.common.errors import AlreadyExists, Busy, HaloWeaveError, NotFound, Unavailable
 from services.inference import engine_thread
 from services.inference.affinity import Affinity
 from services.inference.batcher import Batcher, TakenOver
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import Engine, SessionCache
+from services.inference.forget import Forgot
 from services.inference.jobs import BadJob, Job, JobQueue
 from services.inference.metrics import WorkerStats
 from services.inference.reply import TrackerPeer
@@ -41,6 +42,10 @@ Events = list[tuple[str, dict[str, Any]]]
 # Every Redis call answers within this or fails (a stalled Redis must not hold a job forever); longer than any
 # blocking read this worker makes (the job Stream's 500 ms).
 REDIS_TIMEOUT_S = 5.0
+# Forgetting a session (its erase) waits this long for a job of it running here to end, asking the tracker to cancel
+# its reply every FORGET_CANCEL_EVERY_S.
+FORGET_WAIT_S = 30.0
+FORGET_CANCEL_EVERY_S = 0.5
 
 
 def offload_key(session_id: str) -> str:
@@ -353,6 +358,30 @@ class Worker:
             if over <= 0:
                 break
             over -= cache.cold.shed(over)
+
+    async def forget(self, session_id: str, wait_s: float = FORGET_WAIT_S) -> Forgot:
+        """Lets go of everything this worker holds of a session being erased (services/inference/forget.py): a job of
+        it running here ends first (its reply is cancelled through the tracker, asked again until it has ended, since
+        a reply opened after the first cancel would not see it), then the KV cache and its cold tier are dropped and
+        the session's ownership released. Unavailable when the job does not end within `wait_s`."""
+        forgot = Forgot(self.worker_id)
+        deadline = time.monotonic() + wait_s
+        while (free := self._session_free.get(session_id)) is not None:
+            forgot.waited = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"{self.worker_id}: a job of session {session_id} did not end within {wait_s:g} s")
+            with contextlib.suppress(HaloWeaveError):
+                await self.tracker.cancel(session_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(free.wait(), min(left, FORGET_CANCEL_EVERY_S))
+        cache = self.sessions.pop(session_id)
+        if cache is not None:
+            forgot.cached, forgot.kv_bytes, forgot.cold_bytes = True, cache.nbytes, cache.cold.nbytes
+        await self.affinity.release(session_id)
+        self._gauges()
+        log.info("%s: session %s forgotten%s", self.worker_id, session_id, " (its cache dropped)" if cache else "")
+        return forgot
 
     def _gauges(self) -> None:
         self.stats.sessions = len(self.sessions)

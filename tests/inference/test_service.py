@@ -95,6 +95,17 @@ async def test_the_service_serves_jobs_status_and_metrics_and_stops_on_sigterm(
     assert values["haloweave_inference_time_to_first_token_seconds_count"] >= 1
     assert values["haloweave_inference_kv_cache_bytes"] > 0
 
+    # A session's erase reaches every actor through the driver: the one holding the cache drops it.
+    def forget() -> inference_pb2.ForgetSessionResponse:
+        with grpc.insecure_channel(listen) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            return stub.ForgetSession(inference_pb2.ForgetSessionRequest(session_id=session), timeout=60)
+
+    forgotten = forget()
+    assert len(forgotten.workers) == 2 and [w.cached for w in forgotten.workers].count(True) == 1
+    assert forgotten.jobs_removed == 1
+    assert not any(w.cached for w in forget().workers)
+
     proc.stop(timeout=30)
     assert proc.popen.returncode == 0, proc.tail()
 
