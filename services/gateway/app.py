@@ -25,6 +25,8 @@ from services.gateway import protocol
 from services.gateway.config import GatewayConfig
 from services.gateway.connection import Connection, Deps
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.openai import errors as openai_errors
+from services.gateway.openai.routes import router as openai_router
 from services.gateway.peers import Peers
 from services.gateway.rest import ApiError, api_error_response, router
 from services.gateway.rest_models import Health, Ready
@@ -69,12 +71,21 @@ def create_app(config: GatewayConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(openai_router)
 
     @app.exception_handler(ApiError)
     async def on_api_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, ApiError)
         metrics.errors.labels(error.code).inc()
         return api_error_response(error)
+
+    # The OpenAI-compatible routes answer in OpenAI's error format (services/gateway/openai/errors.py), apart from
+    # the `{code, message}` bodies of every other route.
+    @app.exception_handler(openai_errors.OpenAIError)
+    async def on_openai_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, openai_errors.OpenAIError)
+        metrics.errors.labels(error.code or error.kind).inc()
+        return openai_errors.response(error)
 
     @app.exception_handler(RedisError)
     async def on_redis_error(_request: Request, error: Exception) -> JSONResponse:
@@ -91,6 +102,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
+        if openai_errors.is_openai_path(_request.url.path):
+            reply = openai_errors.response(openai_errors.from_http(error.status_code, str(error.detail)))
+            reply.headers.update(error.headers or {})
+            return reply
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
         reply = api_error_response(ApiError(code, str(error.detail), error.status_code))
         reply.headers.update(error.headers or {})

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from haloweave.tracker.v1 import tracker_pb2
 
-from services.common import snapshot_ids
+from services.common import keys, snapshot_ids
 from services.common.errors import HaloWeaveError, InvalidArgument, NotFound
 from services.gateway import auth, jobs, protocol, settings_codec
 from services.gateway.connection import Deps
+from services.gateway.openai import api_keys, conversation
 from services.gateway.rest_models import (
     Export,
     Settings,
@@ -68,17 +69,31 @@ def _deps(request: Request) -> Deps:
 
 
 async def authorised(session_id: str, request: Request, authorization: Annotated[str | None, Header()] = None) -> Deps:
-    """The dependency every session route takes: a valid `Authorization: Bearer <token>` for this session."""
+    """The dependency every session route takes: `Authorization: Bearer <credential>`, the session's token or the
+    API key that owns the session (sessions made through the OpenAI API have no token)."""
     deps = _deps(request)
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(protocol.UNAUTHORIZED, "send Authorization: Bearer <session token>")
-    verdict = await auth.check(deps.redis, session_id, token.strip())
+        raise ApiError(protocol.UNAUTHORIZED, "send Authorization: Bearer <session token or API key>")
+    if api_keys.looks_like_key(token.strip()):
+        verdict = await _key_verdict(deps, session_id, token.strip())
+    else:
+        verdict = await auth.check(deps.redis, session_id, token.strip())
     if verdict == "unknown_session":
         raise ApiError(protocol.UNKNOWN_SESSION, f"no session {session_id}")
     if verdict != "ok":
         raise ApiError(protocol.UNAUTHORIZED, "wrong token for this session")
     return deps
+
+
+async def _key_verdict(deps: Deps, session_id: str, key: str) -> str:
+    """As `auth.check`: "ok" when the key is valid and owns the session, "unknown_session" when there is no such
+    session, else "unauthorized"."""
+    key_id = await api_keys.verify(deps.redis, key)
+    if key_id is not None and await conversation.owner(deps.redis, session_id) == key_id:
+        return "ok"
+    known = await deps.redis.exists(keys.auth_key(session_id), keys.openai_owner(session_id))
+    return "unauthorized" if known else "unknown_session"
 
 
 Authorised = Annotated[Deps, Depends(authorised)]

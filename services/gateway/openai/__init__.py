@@ -1,0 +1,1 @@
+"""The OpenAI-compatible chat-completions API on the gateway (docs/openai.md)."""
