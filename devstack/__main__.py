@@ -7,13 +7,22 @@ console says so. Only Ctrl-C or SIGTERM stops the system.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import sys
 import time
+from pathlib import Path
+
+from redis.asyncio import Redis
 
 from devstack.procs import free_port
 from devstack.stack import Ports, Stack, default_workdir
 from devstack.supervisor import sigterm_as_interrupt
+from services.gateway.openai.api_keys import ensure_file_key
+
+# The API key `make run` prints, kept (mode 0600) beside the stack's other state so every start prints the same one;
+# Redis holds only its hash.
+API_KEY_FILE = "openai-api-key"
 
 
 def port_or_free(preferred: int) -> int:
@@ -45,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start()
         line = "=" * 64
-        print(f"\n{line}\n  Halo Weave is running. Open the chat:  {stack.gateway_url}/\n{line}", flush=True)
+        key = asyncio.run(_api_key(stack, workdir / API_KEY_FILE))
+        print(f"\n{line}\n  Halo Weave is running. Open the chat:  {stack.gateway_url}/", flush=True)
+        print(f"  OpenAI API: base_url={stack.gateway_url}/v1 api_key={key}\n{line}", flush=True)
         print("  Ctrl-C stops everything.", flush=True)
         while True:  # the supervisor's threads restart whatever exits
             time.sleep(3600)
@@ -58,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping...", flush=True)
         stack.stop()
         print("stopped.", flush=True)
+
+
+async def _api_key(stack: Stack, path: Path) -> str:
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        return await ensure_file_key(redis, path, "make run")
+    finally:
+        await redis.aclose()
 
 
 if __name__ == "__main__":
