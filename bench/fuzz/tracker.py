@@ -17,6 +17,7 @@ it appended readable by a browser (strict JSON).
 
 from __future__ import annotations
 
+import json
 import queue
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ from bench.fuzz.grpc_common import (
 )
 from bench.fuzz.tally import Crash, Tally, Verdict
 from bench.fuzz.target import STREAM_END_FIELDS, Target, differences, dump_session, strict_json
-from services.common import keys
+from services.common import keys, session_settings
 
 SERVICE = "/haloweave.tracker.v1.Tracker/"
 UNARY = ("CreateSession", "GetSession", "AppendMessage", "GetContext", "GetSettings", "UpdateSettings", "Cancel")
@@ -60,29 +61,28 @@ def session_ids() -> st.SearchStrategy[str]:
 
 
 def settings_messages() -> st.SearchStrategy[pb.Settings]:
+    """Settings as the proto carries them, one JSON object: every setting of the schema (a new one included by
+    itself) with values of its JSON type or another, out of range, NaN or infinite; unknown names; and text that is
+    no JSON object at all."""
     strings = st.one_of(st.sampled_from(MODES), TEXTS)
-    fields: dict[str, st.SearchStrategy[Any]] = {
-        "aggregation": strings,
-        "distance_mode": strings,
-        "min_distance": INT32,
-        "distance_scale": DOUBLES,
-        "decay_mode": strings,
-        "decay_rate": DOUBLES,
-        "boost": DOUBLES,
-        "initial_score": DOUBLES,
-        "max_context_tokens": INT32,
-        "prune_mode": strings,
-        "max_new_tokens": INT32,
-        "temperature": DOUBLES,
-        "top_p": DOUBLES,
-        "seed": INT64,
-        "stop": st.lists(TEXTS, max_size=20),
-        "clear_stop": st.booleans(),
-        "prune_policy": strings,
-        "recall": st.booleans(),
-        "recall_max_sentences": INT32,
+    by_type: dict[str, st.SearchStrategy[Any]] = {
+        "integer": st.one_of(INT32, INT64),
+        "number": DOUBLES,
+        "string": strings,
+        "boolean": st.booleans(),
+        "array": st.lists(TEXTS, max_size=20),
     }
-    return st.fixed_dictionaries({}, optional=fields).map(lambda values: pb.Settings(**values))
+    properties = session_settings.json_schema()["properties"]
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        name: weighted((8, by_type[spec.get("type", "string")]), (1, st.one_of(*by_type.values())), (1, st.none()))
+        for name, spec in properties.items()
+    }
+    fields["clear_stop"] = st.booleans()
+    objects = st.fixed_dictionaries({}, optional=fields).map(lambda values: json.dumps(values))
+    unknown = st.dictionaries(TEXTS, INT32, min_size=1, max_size=2).map(json.dumps)
+    raw = st.text(st.characters(codec="utf-8"), max_size=40)  # protobuf strings hold no lone surrogate
+    texts = weighted((12, objects), (1, unknown), (1, raw), (1, st.sampled_from(["", "[]", "null", "{", "1"])))
+    return texts.map(lambda text: pb.Settings(json=text))
 
 
 def token_entries() -> st.SearchStrategy[pb.TokenEntry]:

@@ -23,7 +23,6 @@ its session on the job Stream and nothing else was enqueued, and the gateway sti
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -38,6 +37,7 @@ from bench.fuzz.explore import weighted
 from bench.fuzz.tally import Crash, Tally, Verdict
 from bench.fuzz.target import EVENT_KEYS, Target, differences, dump_session, strict_json
 from services.common import events, keys
+from services.common.session_settings import UPDATE_ONLY
 from services.tracker.settings import Settings
 
 # The gateway's defaults (docs/websocket.md "Gateway settings"); the fuzz stack does not change them.
@@ -76,8 +76,8 @@ CODES = frozenset(
 )
 # With every peer up, these mean the gateway (or a peer) failed on the input.
 CRASH_CODES = frozenset({"internal", "unavailable"})
-# Every session setting the tracker knows (its Settings is the one list), plus the WebSocket's `clear_stop` flag.
-SETTING_NAMES = (*(f.name for f in dataclasses.fields(Settings)), "clear_stop")
+# Every session setting of the one schema, plus the update-only `clear_stop` flag.
+SETTING_NAMES = (*Settings.model_fields, *UPDATE_ONLY)
 MODES = ("mean", "max", "full", "none", "linear", "logarithmic", "additive", "exponential", "in_place", "reprefill")
 
 

@@ -15,7 +15,6 @@ before the question: the NLL that losing the fact costs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import re
 import time
@@ -57,12 +56,12 @@ class Policy:
             if not sep:
                 raise ValueError(f"policy {spec!r}: {item!r} is not name=value")
             settings[key] = _value(value)
-            if _FIELD_TYPES.get(key) == "bool":  # recall=1 or recall=true
+            if _FIELD_TYPES.get(key) is bool:  # recall=1 or recall=true
                 settings[key] = settings[key] in (1, "true", "True")
         return cls(spec if rest else name, settings)
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+_FIELD_TYPES = {name: info.annotation for name, info in Settings.model_fields.items()}
 
 
 def _value(text: str) -> Any:

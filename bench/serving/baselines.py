@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 import torch
-from haloweave.tracker.v1 import tracker_pb2
 from transformers import AutoModelForCausalLM
 
+from services.common import settings_wire
 from services.inference.batcher import Batcher
 from services.inference.conversation import Conversation
 from services.inference.engine import BatchEntry, Engine
@@ -92,7 +92,7 @@ def engine_alone(engine: Engine, texts: list[str], new_tokens: int) -> tuple[int
     """(generated tokens, seconds) for every text at once through the batcher, with a LocalPeer for each."""
 
     async def run() -> tuple[int, float]:
-        settings = tracker_pb2.Settings(max_new_tokens=new_tokens, temperature=0.0)
+        settings = settings_wire.to_pb(max_new_tokens=new_tokens, temperature=0.0)
         peers = [LocalPeer(chat_ids(engine.tokenizer, t), settings=settings) for t in texts]
         batcher = Batcher(engine, Limits())  # its forwards go to the engine thread, like a worker's
         stop = asyncio.Event()

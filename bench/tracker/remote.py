@@ -13,6 +13,7 @@ from haloweave.tracker.v1 import tracker_pb2_grpc
 from bench.tracker.attention import AttentionModel
 from bench.tracker.steps import next_context
 from devstack.procs import Proc, free_port, python_module, wait_until
+from services.common import settings_wire
 from services.common.grpc_server import channel
 
 HISTOGRAM = "haloweave_tracker_step_update_seconds"
@@ -46,7 +47,7 @@ async def drive(address: str, context: int, steps: int) -> list[float]:
         await call.write(pb.GenerateRequest(open=pb.Open(session_id=sid, job_id="bench")))
         positions = np.asarray((await call.read()).opened.context.positions, dtype=np.int64)
         await stub.UpdateSettings(
-            pb.UpdateSettingsRequest(session_id=sid, settings=pb.Settings(max_context_tokens=len(positions)))
+            pb.UpdateSettingsRequest(session_id=sid, settings=settings_wire.to_pb(max_context_tokens=len(positions)))
         )
         model = AttentionModel(1)
         samples = []

@@ -260,16 +260,26 @@ def _from_json(cls: type[SessionSettings], raw: str) -> SessionSettings:
     return cls(**data)
 
 
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
 def describe(error: ValidationError) -> str:
-    """A validation error as people read it, naming each field: `settings.top_p: 0.0: Input should be ...`."""
+    """A validation error as people read it, naming each field: `settings.top_p: 0.0 must be > 0`."""
     parts = []
     for item in error.errors(include_url=False):
         loc = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
+        kind, ctx, value = item["type"], item.get("ctx") or {}, _short(item["input"])
+        if kind == "extra_forbidden":
             parts.append(f"unknown setting {loc!r}")
+        elif kind == "literal_error":
+            parts.append(f"settings.{loc}: {value} is not one of {str(ctx['expected']).replace(chr(39), '')}")
+        elif kind in _BOUNDS:
+            bound = next(iter(ctx.values()))
+            parts.append(f"settings.{loc}: {value} must be {_BOUNDS[kind]} {bound}")
+        elif kind == "value_error":  # this module's own rules, worded to follow the value
+            parts.append(f"settings.{loc}: {value} {item['msg'].removeprefix('Value error, ')}")
         else:
-            parts.append(f"settings.{loc}: {_short(item['input'])}: {message}")
+            parts.append(f"settings.{loc}: {value}: {item['msg']}")
     return "; ".join(parts)
 
 

@@ -30,6 +30,7 @@ from services.gateway.openai.routes import router as openai_router
 from services.gateway.peers import Peers
 from services.gateway.rest import ApiError, api_error_response, router
 from services.gateway.rest_models import Health, Ready
+from services.gateway.settings_schema import router as settings_schema_router
 
 STATIC = Path(__file__).parent / "static"
 # Redis connections for everything but the Stream readers (which have their own, see the lifespan below).
@@ -72,6 +73,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(settings_schema_router)
 
     @app.exception_handler(ApiError)
     async def on_api_error(_request: Request, error: Exception) -> JSONResponse:

@@ -7,14 +7,11 @@ and validating every entry on the way out would only repeat what the tracker gua
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema
 
-INT32_MAX = 2**31 - 1
-StopString = Annotated[str, Field(min_length=1, max_length=256)]
-Unset = SkipJsonSchema[None]  # optional, but null is no value to send
+from services.common import session_settings
 
 
 class ErrorBody(BaseModel):
@@ -24,63 +21,10 @@ class ErrorBody(BaseModel):
     message: str
 
 
-class Settings(BaseModel):
-    """The effective settings of a session (docs/websocket.md "Settings"); clients ignore names they do not know."""
-
-    model_config = ConfigDict(extra="allow")
-
-    aggregation: str = Field(description="mean | max | last_layer | weighted_layers | full")
-    distance_mode: str = Field(description="none | threshold | linear | square_root | logarithmic")
-    min_distance: int = Field(ge=0)
-    distance_scale: float = Field(gt=0)  # the response says what is, not what may be set
-    decay_mode: str = Field(description="additive | exponential | none")
-    decay_rate: float = Field(ge=0)
-    boost: float = Field(ge=0)
-    initial_score: float = Field(ge=0)
-    max_context_tokens: int = Field(ge=0, description="0 disables pruning")
-    prune_mode: str = Field(description="in_place | reprefill")
-    prune_policy: str = Field(description="brightness | recency | random | h2o | tova")
-    recall: bool
-    recall_max_sentences: int = Field(ge=1, le=64)
-    max_new_tokens: int = Field(gt=0)
-    temperature: float = Field(ge=0, description="0 is greedy")
-    top_p: float = Field(gt=0, le=1)
-    seed: int
-    stop: list[str]
-
-
-class SettingsChange(BaseModel):
-    """A settings update: any subset of the settings. Unknown names and wrong JSON types are refused
-    (`400 invalid_settings`), as are bad values and combinations, and then nothing changes. (The fields default to None
-    only to be optional: null is not a value, and the schema does not offer it.)"""
-
-    model_config = ConfigDict(extra="forbid")
-
-    aggregation: Literal["mean", "max", "last_layer", "weighted_layers", "full"] | Unset = None
-    distance_mode: Literal["none", "threshold", "linear", "square_root", "logarithmic"] | Unset = None
-    min_distance: Annotated[int, Field(ge=0, le=INT32_MAX)] | Unset = None
-    distance_scale: Annotated[float, Field(ge=1e-6)] | Unset = None
-    decay_mode: Literal["additive", "exponential", "none"] | Unset = None
-    decay_rate: Annotated[float, Field(ge=0, description="at most 1 with exponential decay")] | Unset = None
-    boost: Annotated[float, Field(ge=0, le=1e6)] | Unset = None
-    initial_score: Annotated[float, Field(ge=0, le=1e6)] | Unset = None
-    max_context_tokens: (
-        Annotated[int, Field(ge=0, le=INT32_MAX, description="0 disables pruning; else at least the protected tokens")]
-        | Unset
-    ) = None
-    prune_mode: Literal["in_place", "reprefill"] | Unset = None
-    prune_policy: Literal["brightness", "recency", "random", "h2o", "tova"] | Unset = None
-    recall: bool | Unset = None
-    recall_max_sentences: Annotated[int, Field(ge=1, le=64)] | Unset = None
-    max_new_tokens: Annotated[int, Field(gt=0, le=8192)] | Unset = None
-    temperature: Annotated[float, Field(ge=0)] | Unset = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | Unset = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | Unset = None
-    stop: (
-        Annotated[list[StopString], Field(max_length=16, description="replaces the stop strings; [] clears them")]
-        | Unset
-    ) = None
-    clear_stop: Annotated[bool, Field(description="true clears the stop strings")] | Unset = None
+# Both come from the one settings schema (services/common/session_settings.py): the effective settings of a session
+# (every setting; docs/websocket.md "Settings"), and an update (any subset of them).
+Settings = session_settings.SessionSettings
+SettingsChange = session_settings.SettingsChange
 
 
 class TokenEntry(BaseModel):

@@ -19,6 +19,7 @@ from typing import Any
 
 from haloweave.tracker.v1 import tracker_pb2
 
+from services.common import session_settings, settings_wire
 from services.common.errors import FailedPrecondition, HaloWeaveError, InvalidArgument
 from services.inference.engine import (
     BatchEntry,
@@ -34,7 +35,9 @@ from services.inference.recall import Recall
 from services.inference.reply import Peer
 from services.inference.scheduler import Limits
 
-SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "seed")
+# The settings the sampler takes, and those of them that make a new generator (from the schema's Generation group).
+SAMPLING_FIELDS = session_settings.sampling_fields()
+RESEEDING_FIELDS = tuple(name for name in SAMPLING_FIELDS if name not in ("max_new_tokens", "stop"))
 
 
 @dataclass(slots=True)
@@ -67,16 +70,16 @@ class ReplyStats:
 
 def sampling_params(settings: tracker_pb2.Settings, base: SamplingParams | None = None) -> SamplingParams:
     """The generation settings as SamplingParams; fields not set keep `base`'s (or the defaults)."""
+    return _sampling_params(settings_wire.from_pb(settings), base)
+
+
+def _sampling_params(changes: dict[str, Any], base: SamplingParams | None) -> SamplingParams:
     values: dict[str, Any] = {}
     if base is not None:
-        values = {name: getattr(base, name) for name in (*SAMPLING_FIELDS, "stop")}
-    for name in SAMPLING_FIELDS:
-        if settings.HasField(name):  # type: ignore[arg-type]
-            values[name] = getattr(settings, name)
-    if settings.clear_stop:
-        values["stop"] = []
-    if settings.stop:
-        values["stop"] = list(settings.stop)
+        values = {name: getattr(base, name) for name in SAMPLING_FIELDS}
+    values.update({name: changes[name] for name in SAMPLING_FIELDS if name in changes})
+    if "stop" in values:
+        values["stop"] = list(values["stop"])
     try:
         return SamplingParams(**values)
     except (TypeError, ValueError) as error:
@@ -101,7 +104,7 @@ class Conversation:
         self.stats = ReplyStats()
         self.params = SamplingParams()
         self.sampler = Sampler(self.params)
-        self.mode = "mean"
+        self.mode: str = session_settings.SessionSettings().aggregation
         self.recall = Recall(engine, cold_budget_bytes)
         self.pending_ids: list[int] = []
         self.pending_positions: list[int] = []
@@ -258,13 +261,15 @@ class Conversation:
         )
 
     def _settings(self, settings: tracker_pb2.Settings, first: bool = False) -> None:
-        self.params = sampling_params(settings, None if first else self.params)
-        if first or any(settings.HasField(name) for name in ("temperature", "top_p", "seed")):
+        """Settings from the tracker (all of them on Open, the changed ones on a Directive), checked by the schema."""
+        changes = settings_wire.from_pb(settings)
+        self.params = _sampling_params(changes, None if first else self.params)
+        if first or any(name in changes for name in RESEEDING_FIELDS):
             self.sampler = Sampler(self.params)  # a new seed or temperature applies from the next token
-        if settings.HasField("aggregation"):
-            self.mode = settings.aggregation
-        if settings.HasField("recall"):
-            self.recall.enabled = settings.recall
+        if "aggregation" in changes:
+            self.mode = changes["aggregation"]
+        if "recall" in changes:
+            self.recall.enabled = changes["recall"]
 
     def _finished(self, directive: tracker_pb2.Directive) -> str:
         return "cancelled" if directive.cancel else self._ended(self.step + 1)

@@ -14,6 +14,7 @@ from haloweave.tracker.v1 import tracker_pb2
 
 from services.common import tensor_chunks
 from services.common.errors import DataLoss, FailedPrecondition
+from services.common.session_settings import SessionSettings
 from services.inference import snapshot_io
 from services.inference.clients import SnapshotClient, TrackerClient
 from services.inference.engine import Engine, SessionCache
@@ -73,7 +74,9 @@ class Snapshots:
         Returns the snapshot's info and its token count."""
         state = await self.tracker.export(session_id)
         positions, token_ids = active(state)
-        await self.thread.run(self._settle, cache, positions, token_ids, state.settings.recall)
+        await self.thread.run(
+            self._settle, cache, positions, token_ids, SessionSettings.from_json(state.settings.json).recall
+        )
         arrays = await self.thread.run(self.engine.export_cache, cache)
         info = await self.client.save(self._header(session_id, state), tensor_chunks.to_chunks(arrays))
         return info, len(positions)

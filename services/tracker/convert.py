@@ -8,47 +8,22 @@ from typing import Any
 import numpy as np
 from haloweave.tracker.v1 import tracker_pb2 as pb
 
+from services.common import settings_wire
 from services.tracker.engine import ContextView, Opened, RecallOutcome, RecallProbe, StepOutcome
 from services.tracker.frames import FrameInput
 from services.tracker.restore import ExportedToken
 from services.tracker.settings import Settings
 from services.tracker.state import SessionState
 
-_SCALARS = (
-    "aggregation",
-    "distance_mode",
-    "min_distance",
-    "distance_scale",
-    "decay_mode",
-    "decay_rate",
-    "boost",
-    "initial_score",
-    "max_context_tokens",
-    "prune_mode",
-    "prune_policy",
-    "recall",
-    "recall_max_sentences",
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-)
-
 
 def settings_changes_from_pb(message: pb.Settings) -> dict[str, Any]:
-    """Only the fields that are set: an update, or the overrides of a new session."""
-    changes: dict[str, Any] = {name: getattr(message, name) for name in _SCALARS if message.HasField(name)}  # type: ignore[arg-type]
-    if message.clear_stop:
-        changes["stop"] = ()
-    elif message.stop:
-        changes["stop"] = tuple(message.stop)
-    return changes
+    """Only the settings that are set (an update, or the overrides of a new session), each checked against the
+    schema; the merged result is validated where it is applied (`Settings.updated`)."""
+    return settings_wire.from_pb(message)
 
 
 def settings_to_pb(settings: Settings) -> pb.Settings:
-    message = pb.Settings(**{name: getattr(settings, name) for name in _SCALARS})
-    message.stop.extend(settings.stop)
-    return message
+    return settings_wire.effective_to_pb(settings)
 
 
 def context_to_pb(session_id: str, context: ContextView) -> pb.Context:

@@ -88,9 +88,11 @@ OPEN = pb.GenerateRequest(open=pb.Open(session_id=tracker_fuzz.SCRATCH, job_id="
         # Accepted, and the next frame failed: the weights table grew to the widest distance, 2^62 entries.
         (_restore([_entry(0), _entry(2**40), _entry(2**61, turn=1)]), Verdict.ACCEPTED),
         # Accepted, and every score overflowed to inf (then NaN): boost and distance scale without bounds.
-        (tracker_fuzz.Stream((OPEN, FRAME, FRAME), pb.Settings(boost=1e308)), Verdict.ACCEPTED),
+        (tracker_fuzz.Stream((OPEN, FRAME, FRAME), pb.Settings(json='{"boost": 1e308}')), Verdict.ACCEPTED),
         (
-            tracker_fuzz.Stream((OPEN, FRAME), pb.Settings(distance_mode="linear", distance_scale=5e-324)),
+            tracker_fuzz.Stream(
+                (OPEN, FRAME), pb.Settings(json='{"distance_mode": "linear", "distance_scale": 5e-324}')
+            ),
             Verdict.ACCEPTED,
         ),
         # Accepted, and its `done` event held NaN and Infinity, which no browser parses.

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from services.common import events, keys
+from services.common import events, keys, settings_wire
 from services.common.errors import InvalidArgument
+from services.common.session_settings import SessionSettings
 from services.gateway import auth, protocol, settings_codec
 from services.gateway.relay import Outbox, Outgoing, StreamReader
 
@@ -50,11 +51,13 @@ def test_parse_accepts_each_client_frame_and_ignores_unknown_fields() -> None:
 def test_settings_round_trip_and_refusals() -> None:
     given_settings = {"aggregation": "max", "decay_rate": 1, "max_context_tokens": 64, "seed": 2**40, "stop": ["x"]}
     message = settings_codec.to_pb(given_settings)
-    back = settings_codec.from_pb(message)
-    assert back == {**given_settings, "decay_rate": 1.0}
-    assert settings_codec.to_pb({"stop": []}).clear_stop is True
+    assert settings_wire.from_pb(message) == {**given_settings, "decay_rate": 1.0}  # only the given ones travel
+    # What comes back from the tracker is every setting: the given ones over the defaults.
+    assert settings_codec.from_pb(message) == {**SessionSettings().to_dict(), **given_settings, "decay_rate": 1.0}
+    assert settings_wire.from_pb(settings_codec.to_pb({"clear_stop": True})) == {"stop": []}
+    assert settings_wire.from_pb(settings_codec.to_pb({"stop": []})) == {"stop": []}
     for bad in [{"nope": 1}, {"boost": "1"}, {"min_distance": 1.5}, {"min_distance": True}, {"stop": [""]},
-                {"max_new_tokens": 2**31}, [("boost", 1)]]:  # fmt: skip
+                {"max_new_tokens": 2**31}, [("boost", 1)], {"boost": None}, {"top_p": 0}]:  # fmt: skip
         with pytest.raises(InvalidArgument):
             settings_codec.to_pb(bad)
 

@@ -20,7 +20,7 @@ from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from redis.asyncio import Redis
 
 from devstack.procs import Proc, free_port, python_module, wait_until
-from services.common import events, grpc_server, keys
+from services.common import events, grpc_server, keys, settings_wire
 from services.inference.engine import Engine, EngineConfig
 from services.inference.jobs import done_key
 from services.inference.scheduler import Limits
@@ -87,10 +87,7 @@ class Chat:
         await self.channel.close()
 
     async def session(self, **settings: Any) -> str:
-        stop = settings.pop("stop", None)
-        request = tracker_pb2.CreateSessionRequest(settings=tracker_pb2.Settings(**settings))
-        if stop:
-            request.settings.stop.extend(stop)
+        request = tracker_pb2.CreateSessionRequest(settings=settings_wire.to_pb(**settings))
         info = await self.tracker.CreateSession(request)
         return str(info.session_id)
 

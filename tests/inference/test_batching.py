@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from haloweave.tracker.v1 import tracker_pb2
 
+from services.common import settings_wire
 from services.common.errors import InvalidArgument, Overloaded
 from services.inference.batcher import Batcher
 from services.inference.conversation import Conversation
@@ -39,7 +40,7 @@ def peers(engine: Engine) -> list[LocalPeer]:
         chat_ids(engine, FACTS * 2 + "Tell me about ships."),
     ]
     modes = ("mean", "max", "full", "mean", "weighted_layers")
-    settings = [tracker_pb2.Settings(max_new_tokens=12, aggregation=mode) for mode in modes]
+    settings = [settings_wire.to_pb(max_new_tokens=12, aggregation=mode) for mode in modes]
     pruned = list(range(20, 32))  # a stretch of the prompt, gone from the cache after the step
     prunes: list[dict[int, list[int]] | None] = [None, {2: pruned}, None, None, {4: pruned}]
     return [
@@ -98,7 +99,7 @@ async def test_a_long_prompt_is_fed_in_chunks_while_the_others_decode(worker_eng
 
 
 async def test_a_bad_directive_fails_only_its_own_conversation(worker_engine: Engine) -> None:
-    good = LocalPeer(chat_ids(worker_engine, "Name a colour."), settings=tracker_pb2.Settings(max_new_tokens=6))
+    good = LocalPeer(chat_ids(worker_engine, "Name a colour."), settings=settings_wire.to_pb(max_new_tokens=6))
     bad = LocalPeer(chat_ids(worker_engine, "Name a fruit."), evictions={1: [99_999]})
 
     async def run() -> tuple[BaseException | Conversation, ...]:
@@ -120,8 +121,8 @@ async def test_a_bad_directive_fails_only_its_own_conversation(worker_engine: En
 
 
 async def test_settings_that_are_invalid_mid_reply_fail_only_their_conversation(worker_engine: Engine) -> None:
-    broken = tracker_pb2.Settings(top_p=0.0)  # out of range: refused when the Directive brings it
-    good = LocalPeer(chat_ids(worker_engine, "Name a colour."), settings=tracker_pb2.Settings(max_new_tokens=5))
+    broken = tracker_pb2.Settings(json='{"top_p": 0.0}')  # out of range: refused when the Directive brings it
+    good = LocalPeer(chat_ids(worker_engine, "Name a colour."), settings=settings_wire.to_pb(max_new_tokens=5))
     bad = LocalPeer(chat_ids(worker_engine, "Name a fruit."), changes={1: broken})
     batcher = Batcher(worker_engine, Limits())
     stop = asyncio.Event()

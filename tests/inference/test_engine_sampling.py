@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from haloweave.tracker.v1 import tracker_pb2
 
+from services.common import settings_wire
 from services.inference.engine import Engine, EngineConfig, Sampler, SamplingParams, stop_reached
 
 from .engine_support import local_reply, prompt_ids
@@ -90,10 +90,13 @@ def engine() -> Engine:
 
 def reply(engine: Engine, params: SamplingParams, **peer: object) -> tuple[str, list[int], str]:
     """(finish reason, token ids, text) of one reply to the chat prompt."""
-    settings = tracker_pb2.Settings(
-        max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+    settings = settings_wire.to_pb(
+        max_new_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed,
+        stop=params.stop,
     )
-    settings.stop.extend(params.stop)
     conversation, local = local_reply(engine, settings, **peer)
     assert [f.step for f in local.frames] == list(range(len(local.frames)))
     assert [f.token_id for f in local.frames] == conversation.text_ids
@@ -130,7 +133,7 @@ def test_a_reply_ends_at_eos_and_seeded_replies_repeat(engine: Engine) -> None:
 @pytest.mark.slow
 def test_frames_carry_the_attention_of_the_forward_that_produced_them(engine: Engine) -> None:
     ids = prompt_ids(engine)
-    conversation, local = local_reply(engine, tracker_pb2.Settings(max_new_tokens=4, aggregation="mean"))
+    conversation, local = local_reply(engine, settings_wire.to_pb(max_new_tokens=4, aggregation="mean"))
     for frame in local.frames:
         # Step 0 comes from the prefill (its last query sees the whole prompt); each later one sees one more token.
         assert len(frame.attention) == len(ids) + frame.step

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from haloweave.tracker.v1 import tracker_pb2
 
+from services.common import settings_wire
 from services.common.errors import InvalidArgument
 from services.inference.conversation import Conversation, sampling_params
 from services.inference.engine import Engine
@@ -135,11 +136,11 @@ async def test_bad_jobs_fail_with_an_error_event_and_the_worker_serves_on(chat: 
 
 def test_invalid_generation_settings_are_refused_by_name() -> None:
     with pytest.raises(InvalidArgument, match="top_p"):
-        sampling_params(tracker_pb2.Settings(top_p=0.0))
+        sampling_params(tracker_pb2.Settings(json='{"top_p": 0.0}'))
     with pytest.raises(InvalidArgument, match="max_new_tokens"):
-        sampling_params(tracker_pb2.Settings(max_new_tokens=0))
-    params = sampling_params(tracker_pb2.Settings(temperature=0.5, seed=3, stop=["."]))
-    assert sampling_params(tracker_pb2.Settings(clear_stop=True), params).stop == []
+        sampling_params(tracker_pb2.Settings(json='{"max_new_tokens": 0}'))
+    params = sampling_params(settings_wire.to_pb(temperature=0.5, seed=3, stop=["."]))
+    assert sampling_params(settings_wire.to_pb(clear_stop=True), params).stop == []
 
 
 async def test_a_directive_for_positions_not_in_the_cache_is_refused_and_changes_nothing(worker_engine: Engine) -> None:
@@ -185,7 +186,7 @@ async def test_a_mode_change_mid_reply_applies_from_the_next_step(chat: Chat, st
     session = await chat.session(max_new_tokens=200)
     job_id = await chat.start_reply(session, "Write a long poem about the sea.")
     assert not any(f["type"] == "attention" for f in await chat.events(session))
-    changes = tracker_pb2.Settings(aggregation="full")
+    changes = settings_wire.to_pb(aggregation="full")
     await chat.tracker.UpdateSettings(tracker_pb2.UpdateSettingsRequest(session_id=session, settings=changes))
     await chat.wait_for(session, lambda fs: any(f["type"] == "attention" for f in fs))
     await chat.tracker.Cancel(tracker_pb2.SessionRef(session_id=session))

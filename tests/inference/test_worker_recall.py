@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from services.common import settings_wire
 from services.inference.worker import Worker
 
 from .conftest import Chat
@@ -39,7 +40,7 @@ async def pruned_fact(chat: Chat) -> str:
 def _settings(session: str, **values: Any) -> Any:
     from haloweave.tracker.v1 import tracker_pb2
 
-    return tracker_pb2.UpdateSettingsRequest(session_id=session, settings=tracker_pb2.Settings(**values))
+    return tracker_pb2.UpdateSettingsRequest(session_id=session, settings=settings_wire.to_pb(**values))
 
 
 def recalled(frames: list[dict]) -> list[dict]:

@@ -18,6 +18,7 @@ from haloweave.tracker.v1 import tracker_pb2_grpc
 from redis.asyncio import Redis
 
 from devstack.procs import Proc, free_port, python_module, wait_until
+from services.common import settings_wire
 from services.common.grpc_server import channel, check_health
 
 from .conftest import read_events
@@ -83,25 +84,26 @@ async def snapshot(stub: tracker_pb2_grpc.TrackerStub, sid: str) -> list[tuple[A
 async def test_a_reply_over_the_stream(trackers: list[Tracker], redis_server: tuple[Proc, str]) -> None:
     ch, stub = stub_for(trackers[0].address)
     async with ch:
-        info = await stub.CreateSession(pb.CreateSessionRequest(settings=pb.Settings(min_distance=0)))
+        info = await stub.CreateSession(pb.CreateSessionRequest(settings=settings_wire.to_pb(min_distance=0)))
         sid = info.session_id
-        assert info.settings.decay_rate == pytest.approx(0.003) and info.settings.min_distance == 0
+        effective = settings_wire.from_pb(info.settings)
+        assert effective["decay_rate"] == pytest.approx(0.003) and effective["min_distance"] == 0
         appended = await stub.AppendMessage(pb.AppendMessageRequest(session_id=sid, role="user", text="Hi there."))
         call, opened = await open_stream(stub, sid, "job-1")
         n = len(opened.context.positions)
         assert opened.context.positions[-1] == opened.context.next_position - 1 > appended.last_position
-        assert opened.settings.aggregation == "mean"
+        assert settings_wire.from_pb(opened.settings)["aggregation"] == "mean"
         with pytest.raises(grpc.aio.AioRpcError) as busy:
             await stub.AppendMessage(pb.AppendMessageRequest(session_id=sid, role="user", text="again"))
         assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         await call.write(frame(0, 28, np.full(n, 0.5)))
         directive = (await call.read()).directive
         assert directive.position == opened.context.next_position and not directive.HasField("settings")
-        await stub.UpdateSettings(pb.UpdateSettingsRequest(session_id=sid, settings=pb.Settings(boost=3.0)))
+        await stub.UpdateSettings(pb.UpdateSettingsRequest(session_id=sid, settings=settings_wire.to_pb(boost=3.0)))
         await stub.Cancel(pb.SessionRef(session_id=sid))
         await call.write(frame(1, 30, np.full(n + 1, 0.5)))
         directive = (await call.read()).directive
-        assert directive.settings.boost == 3.0 and directive.cancel
+        assert settings_wire.from_pb(directive.settings)["boost"] == 3.0 and directive.cancel
         await call.write(pb.GenerateRequest(finish=pb.Finish(reason="cancelled", tokens=2)))
         closed = (await call.read()).closed
         assert closed.turn_id == opened.turn_id
@@ -124,7 +126,9 @@ async def test_a_second_stream_of_the_same_job_continues_the_reply_and_fences_th
     committed step; the first stream can commit nothing more, and its end orphans nothing."""
     ch, stub = stub_for(trackers[0].address)
     async with ch:
-        sid = (await stub.CreateSession(pb.CreateSessionRequest(settings=pb.Settings(min_distance=0)))).session_id
+        sid = (
+            await stub.CreateSession(pb.CreateSessionRequest(settings=settings_wire.to_pb(min_distance=0)))
+        ).session_id
         await stub.AppendMessage(pb.AppendMessageRequest(session_id=sid, role="user", text="Hi there."))
         first, opened = await open_stream(stub, sid, "job-r")
         n = len(opened.context.positions)
@@ -198,7 +202,7 @@ async def test_refused_frames_change_nothing(trackers: list[Tracker]) -> None:
             assert await snapshot(stub, sid) == before, job
         with pytest.raises(grpc.aio.AioRpcError) as bad_setting:
             await stub.UpdateSettings(
-                pb.UpdateSettingsRequest(session_id=sid, settings=pb.Settings(decay_mode="sometimes"))
+                pb.UpdateSettingsRequest(session_id=sid, settings=pb.Settings(json='{"decay_mode": "sometimes"}'))
             )
         assert bad_setting.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "settings.decay_mode" in (bad_setting.value.details() or "")
@@ -209,7 +213,7 @@ async def test_refused_frames_change_nothing(trackers: list[Tracker]) -> None:
 async def drive(stubs: list[tracker_pb2_grpc.TrackerStub]) -> list[tuple[Any, ...]]:
     """One scripted conversation; consecutive calls go to consecutive stubs (one stub = one replica)."""
     pick = iter(stubs * 200)
-    settings = pb.Settings(max_context_tokens=45, min_distance=2, distance_mode="linear")
+    settings = settings_wire.to_pb(max_context_tokens=45, min_distance=2, distance_mode="linear")
     sid = (await next(pick).CreateSession(pb.CreateSessionRequest(settings=settings, system_prompt="Sys."))).session_id
     rng = np.random.default_rng(7)
     for turn in range(3):
@@ -218,7 +222,7 @@ async def drive(stubs: list[tracker_pb2_grpc.TrackerStub]) -> list[tuple[Any, ..
         call, opened = await open_stream(next(pick), sid, f"job{turn}")
         n = len(opened.context.positions)
         for step in range(5):
-            change = pb.Settings(boost=1.0 + step, decay_mode="exponential" if step % 2 else "additive")
+            change = settings_wire.to_pb(boost=1.0 + step, decay_mode="exponential" if step % 2 else "additive")
             await next(pick).UpdateSettings(pb.UpdateSettingsRequest(session_id=sid, settings=change))
             await call.write(frame(step, 100 + step, rng.random(n)))
             directive = (await call.read()).directive

@@ -11,13 +11,13 @@ the whole [layers, heads, ctx] tensor.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import numpy as np
 import torch
 
-CaptureMode = Literal["mean", "max", "last_layer", "weighted_layers", "full"]
-CAPTURE_MODES: tuple[str, ...] = get_args(CaptureMode)
+from services.common.session_settings import AGGREGATIONS as CAPTURE_MODES
+from services.common.session_settings import Aggregation as CaptureMode
+
+__all__ = ["CAPTURE_MODES", "CaptureMode", "CaptureSink", "check_mode", "reduce"]
 
 
 def check_mode(mode: str | None) -> None:

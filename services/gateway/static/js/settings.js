@@ -1,36 +1,57 @@
 // The settings panel: one control per setting, kept in localStorage and sent to the session when changed.
+//
+// The controls are built from the settings' JSON schema, served by the gateway (GET /v1/settings/schema, made from
+// services/common/session_settings.py): each property's title labels it and its description is the tooltip; an enum
+// makes a select, a boolean a checkbox, an array a comma-separated text field, a number or integer a number input
+// with the schema's bounds (`x-ui-max` where the setting has no upper bound) and step (`x-step`). `x-group` places it
+// in a fieldset. A new setting in the schema appears here without an edit.
 
 const STORE_KEY = "haloweave.settings";
+export const SCHEMA_URL = "/v1/settings/schema";
 
-// [name, label, kind, options or {min, max, step}]
-const GROUPS = [
-  ["Generation", [
-    ["max_new_tokens", "Max new tokens", "int", { min: 1, max: 4096, step: 1 }],
-    ["temperature", "Temperature (0 = greedy)", "float", { min: 0, max: 2, step: 0.05 }],
-    ["top_p", "Top-p", "float", { min: 0.01, max: 1, step: 0.01 }],
-    ["seed", "Seed", "int", { step: 1 }],
-    ["stop", "Stop strings (comma-separated)", "list", {}],
-  ]],
-  ["Attention", [
-    ["aggregation", "Aggregation", "select", ["mean", "max", "last_layer", "weighted_layers", "full"]],
-    ["boost", "Boost", "float", { step: 0.1 }],
-    ["decay_mode", "Decay", "select", ["additive", "exponential", "none"]],
-    ["decay_rate", "Decay rate", "float", { min: 0, step: 0.001 }],
-    ["initial_score", "Initial score", "float", { step: 0.1 }],
-  ]],
-  ["Distance weighting", [
-    ["distance_mode", "Mode", "select", ["none", "threshold", "linear", "square_root", "logarithmic"]],
-    ["min_distance", "Min distance", "int", { min: 0, step: 1 }],
-    ["distance_scale", "Scale", "float", { min: 0.001, step: 1 }],
-  ]],
-  ["Pruning", [
-    ["max_context_tokens", "Token budget (0 = off)", "int", { min: 0, step: 16 }],
-    ["prune_policy", "Policy", "select", ["brightness", "recency", "random", "h2o", "tova"]],
-    ["prune_mode", "Eviction", "select", ["in_place", "reprefill"]],
-    ["recall", "Recall pruned sentences", "bool", {}],
-    ["recall_max_sentences", "Recall at most (sentences)", "int", { min: 1, max: 64, step: 1 }],
-  ]],
-];
+// Loaded once, before the page wires itself up (main.js imports this module, and waits for it).
+let schemaError = "";
+export const schema = await fetch(SCHEMA_URL, { cache: "no-cache" })
+  .then((reply) => {
+    if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
+    return reply.json();
+  })
+  .catch((error) => {
+    schemaError = `The settings could not be loaded (${error.message}); reload the page to try again.`;
+    return { properties: {} };
+  });
+
+// The schema's properties as [group, [[name, property], ...]], groups in the order they first appear.
+export function groups(settingsSchema) {
+  const byGroup = new Map();
+  for (const [name, property] of Object.entries(settingsSchema.properties || {})) {
+    const group = property["x-group"] || "Other";
+    if (!byGroup.has(group)) byGroup.set(group, []);
+    byGroup.get(group).push([name, property]);
+  }
+  return [...byGroup.entries()];
+}
+
+function kindOf(property) {
+  if (Array.isArray(property.enum)) return "select";
+  if (property.type === "boolean") return "bool";
+  if (property.type === "array") return "list";
+  if (property.type === "integer") return "int";
+  return "float";
+}
+
+// The number input's attributes: the schema's bounds (an exclusive minimum becomes its next step) and step.
+function numberBounds(property, kind) {
+  const step = property["x-step"] ?? (kind === "int" ? 1 : "any");
+  const spec = { step };
+  if (property.minimum !== undefined) spec.min = property.minimum;
+  else if (property.exclusiveMinimum !== undefined) {
+    spec.min = typeof step === "number" ? property.exclusiveMinimum + step : property.exclusiveMinimum;
+  }
+  const max = property.maximum ?? property["x-ui-max"];
+  if (max !== undefined) spec.max = max;
+  return spec;
+}
 
 export function storedSettings() {
   try {
@@ -41,38 +62,44 @@ export function storedSettings() {
 }
 
 export class SettingsPanel {
-  constructor(form, errorLine, send) {
+  constructor(form, errorLine, send, settingsSchema = schema) {
     this.form = form;
     this.errorLine = errorLine;
     this.send = send; // (changes) => void
+    this.schema = settingsSchema;
     this.current = {};
     this.inputs = new Map();
     this.build();
+    if (schemaError) this.errorLine.textContent = schemaError;
     form.addEventListener("submit", (event) => event.preventDefault()); // Enter in a field must not reload the page
   }
 
   build() {
-    for (const [title, fields] of GROUPS) {
+    for (const [title, fields] of groups(this.schema)) {
       const set = document.createElement("fieldset");
       const legend = document.createElement("legend");
       legend.textContent = title;
       set.appendChild(legend);
-      for (const [name, label, kind, spec] of fields) {
+      for (const [name, property] of fields) {
+        const kind = kindOf(property);
         const row = document.createElement("label");
         row.className = "field";
+        row.title = property.description || "";
         const text = document.createElement("span");
-        text.textContent = label;
+        text.textContent = (property.title || name) + (kind === "list" ? " (comma-separated)" : "");
         let input;
         if (kind === "select") {
           input = document.createElement("select");
-          for (const option of spec) input.add(new Option(option.replace("_", " "), option));
+          for (const option of property.enum) input.add(new Option(String(option).replaceAll("_", " "), option));
         } else if (kind === "bool") {
           input = document.createElement("input");
           input.type = "checkbox";
         } else {
           input = document.createElement("input");
           input.type = kind === "list" ? "text" : "number";
-          for (const [key, value] of Object.entries(spec)) input.setAttribute(key, value);
+          if (kind !== "list") {
+            for (const [key, value] of Object.entries(numberBounds(property, kind))) input.setAttribute(key, value);
+          }
         }
         input.name = name;
         input.id = `set-${name}`;
