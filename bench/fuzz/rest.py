@@ -6,10 +6,11 @@ with the real session id and token of a watched session so that the requests get
 checked by schemathesis's own checks: not a server error, a documented status code, a documented content type, and a
 body that matches the schema declared for its status.
 
-Two answers are 5xx by design in this stack, which runs no inference worker: `POST .../snapshots` (and a restore of a
-well-formed id) wait for a worker and answer `504 timeout`, and `/readyz` answers 503 because the workers' health does
-not answer. For those (and only those) the server-error check is replaced by one that holds them to exactly that
-documented answer.
+Some answers are 5xx by design in this stack, which runs no inference worker: `POST .../snapshots` (and a restore of a
+well-formed id) wait for a worker and answer `504 timeout`, `/readyz` answers 503 because the workers' health does not
+answer, and the OpenAI-compatible routes answer a request with a valid API key `503 unavailable` (in OpenAI's error
+format), since no worker names the served model. For those (and only those) the server-error check is replaced by one
+that holds them to exactly that documented answer.
 
 A refused request on the watched session must leave its Redis keys byte-identical, and no refused restore may queue
 a job (nothing path-like reaches a worker or the store).
@@ -118,11 +119,16 @@ class RestFuzzer:
         return Verdict.REFUSED
 
     def _designed_server_error(self, case: Case, response: requests.Response) -> bool:
-        """Whether a 5xx is one of the two answers this worker-less stack gives by design, exactly as documented."""
+        """Whether a 5xx is one of the answers this worker-less stack gives by design, exactly as documented."""
         status, path, method = response.status_code, case.operation.path, case.method.upper()
         if status == 504 and method == "POST" and path.startswith("/v1/sessions/{session_id}/snapshots"):
             body = _json(response)
             return isinstance(body, dict) and body.get("code") == "timeout" and bool(body.get("message"))
+        if status == 503 and path in ("/v1/chat/completions", "/v1/models"):
+            # The OpenAI routes need a worker to name the served model; with none they refuse, in OpenAI's format.
+            body = _json(response)
+            error = body.get("error") if isinstance(body, dict) else None
+            return isinstance(error, dict) and error.get("code") == "unavailable" and bool(error.get("message"))
         if status == 503 and path == "/readyz":
             body = _json(response)
             checks = body.get("checks") if isinstance(body, dict) else None

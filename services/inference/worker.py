@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ REDIS_TIMEOUT_S = 5.0
 # its reply every FORGET_CANCEL_EVERY_S.
 FORGET_WAIT_S = 30.0
 FORGET_CANCEL_EVERY_S = 0.5
+FORGOTTEN_KEPT = 4096
 
 
 def offload_key(session_id: str) -> str:
@@ -88,6 +90,8 @@ class Worker:
         self._active: dict[str, Job] = {}  # session id -> the job that has it now
         self._session_free: dict[str, asyncio.Event] = {}
         self._replies: dict[str, Conversation] = {}  # job id -> its reply, while the job is at hand
+        # Sessions erased lately (ids are never reused): a job of one that reaches this worker late is dropped.
+        self._forgotten: OrderedDict[str, None] = OrderedDict()
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -205,6 +209,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await keep
         self.stats.job(job.type, outcome)
+        if outcome == "forgotten":
+            log.info("%s: job %s is of an erased session; dropped", self.worker_id, job.job_id)
+            await self.queue.skip(job)
+            return
         if outcome == "superseded":
             log.info("%s: job %s was taken over by another worker; left to it", self.worker_id, job.job_id)
             return
@@ -236,6 +244,8 @@ class Worker:
                 log.info("%s: job %s refused: %s", self.worker_id, job.job_id, message)
                 return "error", [_error(job, Busy.code, message)]
             await self._session_free[job.session_id].wait()
+        if job.session_id in self._forgotten:
+            return "forgotten", []
         self._active[job.session_id] = job
         self._session_free[job.session_id] = asyncio.Event()
         try:
@@ -365,6 +375,9 @@ class Worker:
         a reply opened after the first cancel would not see it), then the KV cache and its cold tier are dropped and
         the session's ownership released. Unavailable when the job does not end within `wait_s`."""
         forgot = Forgot(self.worker_id)
+        self._forgotten[session_id] = None
+        while len(self._forgotten) > FORGOTTEN_KEPT:
+            self._forgotten.popitem(last=False)
         deadline = time.monotonic() + wait_s
         while (free := self._session_free.get(session_id)) is not None:
             forgot.waited = True

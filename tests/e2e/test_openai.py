@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -317,3 +318,30 @@ def test_bad_input_is_refused_and_changes_nothing(stack: Stack, client: openai.O
     history = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": reply}, user]
     answer = client.chat.completions.create(model=model, messages=history, extra_body=named, **SHORT)  # type: ignore[arg-type]
     assert halo(answer)["session_id"] == session_id
+
+
+def _events(stack: Stack, session_id: str) -> list[dict[str, Any]]:
+    with redis.Redis.from_url(stack.redis_url) as r:
+        entries = r.xrange(f"hw:s:{{{session_id}}}:events")
+    return [{"type": f[b"type"].decode(), **json.loads(f.get(b"data", b"{}"))} for _id, f in entries]
+
+
+def test_a_stream_the_client_closes_cancels_its_reply(stack: Stack, client: openai.OpenAI, model: str) -> None:
+    with redis.Redis.from_url(stack.redis_url) as r:
+        before = set(r.scan_iter("hw:oai:owner:*"))
+    messages: list[Any] = [{"role": "user", "content": "Write a long story about a cat."}]
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True, max_tokens=400)
+    got = [next(stream) for _ in range(3)]
+    assert got[0].choices[0].delta.role == "assistant"
+    stream.close()
+    with redis.Redis.from_url(stack.redis_url) as r:
+        (owner_key,) = set(r.scan_iter("hw:oai:owner:*")) - before
+        session_id = owner_key.decode().split("{")[1].rstrip("}")
+        deadline = time.monotonic() + 60
+        done: list[dict[str, Any]] = []
+        while not done and time.monotonic() < deadline:
+            done = [e for e in _events(stack, session_id) if e["type"] == "done"]
+            time.sleep(0.2)
+        assert done and done[0]["stats"]["reason"] == "cancelled" and done[0]["stats"]["tokens"] < 400
+        # Its history is unknown: the conversation cannot be continued from it.
+        assert r.get(f"hw:oai:history:{{{session_id}}}") == b""

@@ -3,6 +3,7 @@ is checked), and path-like snapshot ids at the REST door: refused, and nothing r
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from urllib.parse import urlparse
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from redis.asyncio import Redis
 from schemathesis import Case
 
 from bench.fuzz.rest import RestFuzzer
@@ -19,6 +21,7 @@ from bench.fuzz.websocket import Victim, new_victim
 from services.common import keys
 from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
+from services.gateway.openai import api_keys
 
 EXAMPLES = 40  # per operation and credentials
 
@@ -73,6 +76,30 @@ def test_with_a_real_session_every_answer_is_what_the_schema_declares(
         pytest.skip("no session in this operation")
     case.path_parameters = {**(case.path_parameters or {}), "session_id": owner.session_id}
     case.headers = {**(case.headers or {}), "authorization": f"Bearer {owner.token}"}
+    rest_fuzzer.run(case)
+
+
+@pytest.fixture(scope="module")
+def api_key(fuzz_target: Target) -> str:
+    async def create() -> str:
+        client = Redis.from_url(fuzz_target.redis_url)
+        try:
+            return (await api_keys.create(client, "fuzz"))[1]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_with_an_api_key_every_openai_answer_is_what_the_schema_declares(
+    case: Case, rest_fuzzer: RestFuzzer, api_key: str
+) -> None:
+    """The OpenAI-compatible routes with a valid API key, so that requests get past authorisation to the parsing."""
+    if not case.operation.path.startswith(("/v1/chat/", "/v1/models")):
+        pytest.skip("not an OpenAI route")
+    case.headers = {**(case.headers or {}), "authorization": f"Bearer {api_key}"}
     rest_fuzzer.run(case)
 
 

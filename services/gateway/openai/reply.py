@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +97,7 @@ def _partial_stop(text: str, stop: list[str]) -> int:
 
 async def follow(
     redis: Redis, session_id: str, after: int, job_id: str, stop: list[str], active_before: int, events: list[str]
-) -> AsyncIterator[Delta]:
+) -> AsyncGenerator[Delta, None]:
     """Yields the reply's text as it comes, the asked-for events, and last the outcome.
 
     `active_before`: the session's active tokens before the reply opened (after the new message). The prompt the
@@ -108,6 +108,7 @@ async def follow(
     task = asyncio.create_task(reader.run())
     text = _Text(stop)
     header = pruned_before = generated = 0
+    getter: asyncio.Future[Any] | None = None
     try:
         while True:
             getter = asyncio.ensure_future(outbox.get())
@@ -155,4 +156,6 @@ async def follow(
                 return
     finally:
         task.cancel()
+        if getter is not None:
+            getter.cancel()
         await asyncio.gather(task, return_exceptions=True)

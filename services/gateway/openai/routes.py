@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +77,29 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": OWNED_BY}]}
 
 
-_BODY = {"required": True, "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}}
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` put in place: inside the OpenAPI document a `#/$defs/...` reference
+    would point at the document's root, where there are none. (These models are not recursive.)"""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": _inline(ChatCompletionRequest.model_json_schema())}},
+}
 
 
 @router.post(
@@ -87,7 +109,10 @@ _BODY = {"required": True, "content": {"application/json": {"schema": ChatComple
     responses={
         200: {
             "description": "The reply; with `stream: true` a `text/event-stream` of `chat.completion.chunk` objects",
-            "content": {"application/json": {"schema": ChatCompletion.model_json_schema()}, "text/event-stream": {}},
+            "content": {
+                "application/json": {"schema": _inline(ChatCompletion.model_json_schema())},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
         },
         **responses(400, 401, 404, 409, 413, 502, 503, 504),
     },
@@ -117,8 +142,9 @@ async def chat_completions(request: Request) -> Any:
         )
     outcome = None
     try:
-        async for delta in reply.deltas:
-            outcome = delta.outcome or outcome
+        async with contextlib.aclosing(reply.deltas) as deltas:
+            async for delta in deltas:
+                outcome = delta.outcome or outcome
     except (ReplyFailed, HaloWeaveError, RedisError) as error:
         await reply.failed(deps)
         raise _failure(error) from None
@@ -164,7 +190,7 @@ class _Reply:
     continued: bool
     history: list[Turn]  # what the session will hold once the reply is added (the request's messages)
     previous: list[Turn] | None  # the history it continued, when it did
-    deltas: AsyncIterator[Delta]
+    deltas: AsyncGenerator[Delta, None]
 
     async def completed(self, deps: Deps, text: str) -> None:
         await conversation.record(
@@ -310,7 +336,7 @@ class _Completion:
 
 async def _stream(
     deps: Deps, reply: _Reply, completion: _Completion, chat: ChatCompletionRequest
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The reply as server-sent events: a role chunk, content chunks, the finish chunk (with `halo`), the usage chunk
     when asked for, then `[DONE]`. Asked-for brightness and pruned events are chunks with no choices and a `halo`
     object, as the usage chunk has no choices: OpenAI clients pass them through. A failure mid-stream is an `error`
@@ -318,7 +344,7 @@ async def _stream(
     finished = False
     try:
         yield completion.delta({"role": "assistant", "content": ""})
-        async for delta in reply.deltas:
+        async for delta in reply.deltas:  # closed below
             if delta.text:
                 yield completion.delta({"content": delta.text})
             elif delta.event is not None:
@@ -336,8 +362,28 @@ async def _stream(
         failure = _failure(error)
         yield f"data: {json.dumps(failure.body())}\n\n"
     finally:
+        # When the client goes away this runs inside a cancelled scope, where every await is cancelled at once: the
+        # reader is stopped here (its close awaits nothing that can hang), and the rest runs as a task of its own.
+        with contextlib.suppress(BaseException):
+            await reply.deltas.aclose()
         if not finished:
-            # The client went away, or the reply failed: stop a reply still running, and the history is unknown.
-            with contextlib.suppress(HaloWeaveError, RedisError, asyncio.CancelledError):
-                await deps.peers.cancel(reply.session_id)
-            await reply.failed(deps)
+            _detach(_abandon(deps, reply))
+
+
+_DETACHED: set[asyncio.Task[None]] = set()
+
+
+def _detach(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _DETACHED.add(task)
+    task.add_done_callback(_DETACHED.discard)
+
+
+async def _abandon(deps: Deps, reply: _Reply) -> None:
+    """A stream that ended before its reply did (the client went away, or the reply failed): a reply still running
+    is cancelled (the worker stops at its next step), and the session's history is unknown from now on."""
+    try:
+        await deps.peers.cancel(reply.session_id)
+    except (HaloWeaveError, RedisError) as error:
+        log.warning("session %s: the reply of a closed stream could not be cancelled: %s", reply.session_id, error)
+    await reply.failed(deps)
