@@ -124,6 +124,10 @@ class RestFuzzer:
         if status == 504 and method == "POST" and path.startswith("/v1/sessions/{session_id}/snapshots"):
             body = _json(response)
             return isinstance(body, dict) and body.get("code") == "timeout" and bool(body.get("message"))
+        if status == 503 and method == "DELETE" and path == "/v1/sessions/{session_id}":
+            # Erasing a session needs every worker to let go of it; with none it is refused and nothing changes.
+            body = _json(response)
+            return isinstance(body, dict) and body.get("code") == "unavailable" and bool(body.get("message"))
         if status == 503 and path in ("/v1/chat/completions", "/v1/models"):
             # The OpenAI routes need a worker to name the served model; with none they refuse, in OpenAI's format.
             body = _json(response)

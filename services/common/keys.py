@@ -37,6 +37,11 @@ def auth_key(session_id: str) -> str:
     return f"hw:auth:{{{session_id}}}"
 
 
+def erasing_key(session_id: str) -> str:
+    """Owned by the gateway: set while the session is being erased; no job of it is enqueued then."""
+    return f"hw:erasing:{{{session_id}}}"
+
+
 # ---- finding everything of one session (its erase: DELETE /v1/sessions/{id}) -------------------------------------
 #
 # Two rules make every key of a session findable without a list that someone must keep up to date:

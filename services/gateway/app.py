@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common import grpc_server
-from services.gateway import protocol
+from services.gateway import erasures, protocol
 from services.gateway.config import GatewayConfig
 from services.gateway.connection import Connection, Deps
 from services.gateway.metrics import GatewayMetrics
@@ -57,10 +58,19 @@ def create_app(config: GatewayConfig) -> FastAPI:
         redis = aioredis.Redis.from_pool(pool)
         readers = aioredis.Redis.from_url(config.redis_url, max_connections=config.max_sessions, retry=reconnect())
         peers = Peers(config.tracker_addr, config.snapshot_addr, config.inference_addr, config.rpc_timeout_s)
-        app.state.deps = Deps(config=config, redis=redis, peers=peers, metrics=metrics, readers=readers)
+        deps = Deps(config=config, redis=redis, peers=peers, metrics=metrics, readers=readers)
+        app.state.deps = deps
+        # Erasures announced by any gateway close this one's connections of the erased session; a client of its own,
+        # since the subscription holds its connection for good.
+        announcements = aioredis.Redis.from_url(config.redis_url)
+        watcher = asyncio.create_task(erasures.watch(announcements, deps.sockets))
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await announcements.aclose()
             await peers.close()
             await readers.aclose()
             await redis.aclose()

@@ -13,17 +13,18 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common import events
+from services.common import events, keys
 from services.common.errors import FailedPrecondition, HaloWeaveError, InvalidArgument, NotFound
 from services.gateway import auth, jobs, protocol, settings_codec
 from services.gateway.config import GatewayConfig
+from services.gateway.erasures import SessionSockets
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.peers import Peers
 from services.gateway.relay import Outbox, Outgoing, Overflow, StreamReader, encode, oldest_event_id
@@ -46,6 +47,7 @@ class Deps:
     # must not share a pool with the short commands, which they would starve. None: `redis`.
     readers: Redis | None = None
     following: int = 0  # connections whose reader follows a session's Stream now (at most config.max_sessions)
+    sockets: SessionSockets = field(default_factory=SessionSockets)  # closed when their session is erased
 
 
 class Connection:
@@ -82,6 +84,8 @@ class Connection:
                 await self._farewell(*self._stop_reason)
             if self._reader is not None:
                 self.deps.following -= 1
+            if self.session_id is not None:
+                self.deps.sockets.discard(self.session_id, self.id)
             metrics.connections.dec()
 
     def _terminate(self, code: str, message: str, close_code: int) -> None:
@@ -96,7 +100,8 @@ class Connection:
         The error is kept in the session Stream (addressed to this connection) but goes out with event id 0: it
         overtakes events the client has not been sent, and a client that resumed after its Stream id would miss them.
         """
-        if self.session_id is not None:
+        # An erased session's Stream is gone and stays gone: that farewell goes to the socket only.
+        if self.session_id is not None and code != protocol.SESSION_DELETED:
             with contextlib.suppress(RedisError):
                 await self._append_error(code, message)
         with contextlib.suppress(Exception):
@@ -210,6 +215,8 @@ class Connection:
                 raise protocol.ProtocolError(protocol.UNKNOWN_SESSION, f"no session {frame.session_id}")
             if verdict != "ok":
                 raise protocol.ProtocolError(protocol.UNAUTHORIZED, "wrong token for this session")
+            if await redis.exists(keys.erasing_key(frame.session_id)):
+                raise protocol.ProtocolError(protocol.UNKNOWN_SESSION, f"session {frame.session_id} is being deleted")
             info = await peers.get_session(frame.session_id)
             token, start, resumed = frame.token or "", frame.last_event_id or 0, True
         # A session reloaded by the tracker from Redis may carry no model name; the workers know what they serve.
@@ -243,6 +250,7 @@ class Connection:
             },
         }
         self._post(session)
+        self.deps.sockets.add(session_id, self.id, self._session_deleted)
         reader = StreamReader(
             self.deps.readers or redis,
             session_id,
@@ -254,6 +262,9 @@ class Connection:
             truncated,
         )
         self._reader = asyncio.create_task(self._run_reader(reader))
+
+    def _session_deleted(self) -> None:
+        self._terminate(protocol.SESSION_DELETED, "this session was deleted", protocol.CLOSE_SESSION_DELETED)
 
     async def _user_message(self, session_id: str, text: str) -> None:
         peers = self.deps.peers

@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.common import events, keys
-from services.common.errors import HaloWeaveError, Unavailable
+from services.common.errors import HaloWeaveError, NotFound, Unavailable
 
 
 class JobFailed(HaloWeaveError):
@@ -28,6 +28,11 @@ async def last_event_id(redis: Redis, session_id: str) -> int:
 
 
 async def enqueue(redis: Redis, job_type: str, session_id: str, **extra: str) -> str:
+    # A session being erased takes no new job. The check and the XADD are two commands (the job Stream and the
+    # session's keys live in different cluster slots): a job added in between is still found by the erase, which
+    # reads the job Streams only after setting the mark.
+    if await redis.exists(keys.erasing_key(session_id)):
+        raise NotFound(f"session {session_id} is being deleted")
     job_id = uuid.uuid4().hex
     fields = {
         "type": job_type,

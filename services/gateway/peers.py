@@ -17,6 +17,8 @@ from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from services.common import errors, grpc_server
 
 T = TypeVar("T")
+# Inference.ForgetSession waits for a running job of the session to end on every worker (up to 30 s each there).
+FORGET_TIMEOUT_S = 60.0
 
 
 async def _call(what: str, call: Awaitable[T]) -> T:
@@ -88,3 +90,16 @@ class Peers:
     async def list_snapshots(self, session_id: str) -> snapshot_pb2.ListResponse:
         request = snapshot_pb2.ListRequest(session_id=session_id)
         return await _call("List", self.snapshot.List(request, timeout=self.timeout))
+
+    async def delete_snapshot(self, session_id: str, snapshot_id: str) -> None:
+        request = snapshot_pb2.DeleteRequest(session_id=session_id, snapshot_id=snapshot_id)
+        await _call("Delete", self.snapshot.Delete(request, timeout=self.timeout))
+
+    async def forget_session(self, session_id: str) -> inference_pb2.ForgetSessionResponse:
+        """Every worker lets go of the session; bounded by the workers' wait for its running job, not `timeout`."""
+        request = inference_pb2.ForgetSessionRequest(session_id=session_id)
+        return await _call("ForgetSession", self.inference.ForgetSession(request, timeout=FORGET_TIMEOUT_S))
+
+    async def delete_session(self, session_id: str) -> tracker_pb2.SessionDeleted:
+        ref = tracker_pb2.SessionRef(session_id=session_id)
+        return await _call("DeleteSession", self.tracker.DeleteSession(ref, timeout=self.timeout))

@@ -28,11 +28,13 @@ UNAVAILABLE = "unavailable"  # a peer (tracker, Redis) did not answer
 INTERNAL = "internal"
 IDLE_TIMEOUT = "idle_timeout"  # terminal: the connection closes after it
 SLOW_CONSUMER = "slow_consumer"  # terminal: the connection closes after it
+SESSION_DELETED = "session_deleted"  # terminal: the session was erased (DELETE /v1/sessions/{id})
 
 # WebSocket close codes (4000-4999 are the application's).
 CLOSE_NORMAL = 1000
 CLOSE_IDLE = 4408
 CLOSE_SLOW_CONSUMER = 4429
+CLOSE_SESSION_DELETED = 4410  # as HTTP 410 Gone
 CLOSE_SHUTDOWN = 1001
 
 CLIENT_TYPES = ("hello", "user_message", "settings", "cancel")

@@ -15,11 +15,12 @@ from haloweave.tracker.v1 import tracker_pb2
 
 from services.common import keys, snapshot_ids
 from services.common.errors import HaloWeaveError, InvalidArgument, NotFound
-from services.gateway import auth, jobs, protocol, settings_codec
+from services.gateway import auth, erase, jobs, protocol, settings_codec
 from services.gateway.connection import Deps
 from services.gateway.openai import api_keys, conversation
 from services.gateway.rest_models import (
     Export,
+    SessionErased,
     Settings,
     SettingsChange,
     SnapshotList,
@@ -202,7 +203,10 @@ async def list_snapshots(session_id: str, deps: Authorised) -> dict[str, Any]:
 
 async def _run_job(deps: Deps, session_id: str, job_type: str, answer: str, **extra: str) -> dict[str, Any]:
     after = await jobs.last_event_id(deps.redis, session_id)
-    job_id = await jobs.enqueue(deps.redis, job_type, session_id, **extra)
+    try:
+        job_id = await jobs.enqueue(deps.redis, job_type, session_id, **extra)
+    except NotFound as error:  # being erased
+        raise ApiError(protocol.UNKNOWN_SESSION, error.message) from None
     try:
         frame = await jobs.wait_for_job(deps.redis, session_id, job_id, after, {answer}, deps.config.job_timeout_s)
     except jobs.JobFailed as failure:
@@ -235,3 +239,19 @@ async def restore_snapshot(session_id: str, snapshot_id: str, deps: Authorised) 
     if not snapshot_ids.is_snapshot_id(snapshot_id):
         raise ApiError(protocol.BAD_FRAME, "malformed snapshot id (expected m<month>d<day>x<hour>x<minute>x<second>)")
     return await _run_job(deps, session_id, "restore", "snapshot_restored", snapshot_id=snapshot_id)
+
+
+@router.delete(
+    "",
+    summary="Erase the session everywhere: dictionary, events, settings, token, caches on every worker, snapshots",
+    response_model=None,
+    responses=_answers(SessionErased),
+)
+async def delete_session(session_id: str, deps: Authorised) -> dict[str, Any]:
+    # A reply running for it is cancelled first, and its WebSocket connections end with `session_deleted`
+    # (services/gateway/erase.py). Workers that do not answer: 503 and the session as it was; a peer failing later
+    # leaves the erase half done (503), and the same DELETE, which the token still opens, finishes it.
+    try:
+        return await erase.erase_session(deps, session_id)
+    except HaloWeaveError as error:
+        raise _domain(error) from None

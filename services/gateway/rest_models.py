@@ -79,6 +79,24 @@ class SnapshotRestored(BaseModel):
     event_id: int
 
 
+class WorkerErased(BaseModel):
+    worker_id: str
+    cached: bool = Field(description="the worker held the session's KV cache")
+    kv_bytes: int
+    cold_bytes: int = Field(description="the cold tier (pruned keys and values kept for recall)")
+    waited: bool = Field(description="a job of the session was running there (its reply cancelled); it ended first")
+
+
+class SessionErased(BaseModel):
+    """What DELETE /v1/sessions/{id} erased."""
+
+    session_id: str
+    snapshots: list[str] = Field(description="ids of the snapshots deleted from the store (offloaded caches included)")
+    workers: list[WorkerErased] = Field(description="every live worker, and what it held")
+    jobs: int = Field(description="entries of the session's jobs removed from the job Streams")
+    redis_keys: int = Field(description="Redis keys removed (dictionary, events, settings, token, records, indexes)")
+
+
 class Health(BaseModel):
     status: str
 

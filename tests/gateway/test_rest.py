@@ -19,6 +19,7 @@ ROUTES = [
     ("GET", "/snapshots"),
     ("POST", "/snapshots"),
     ("POST", "/snapshots/m1d1x1x1x1/restore"),
+    ("DELETE", ""),
 ]
 
 
