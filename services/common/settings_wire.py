@@ -9,13 +9,18 @@ from haloweave.tracker.v1 import tracker_pb2
 
 from services.common import session_settings
 
+_KEYWORDS = object()  # `to_pb(name=value, ...)`: the settings are the keyword arguments
 
-def to_pb(changes: Any = None, /, **values: Any) -> tracker_pb2.Settings:
+
+def to_pb(changes: Any = _KEYWORDS, /, **values: Any) -> tracker_pb2.Settings:
     """Some settings (an update, or a new session's overrides) as a message: `to_pb({"boost": 2})`, `to_pb(boost=2)`.
-    Refused with InvalidArgument, naming the field, when a value is of the wrong type or out of bounds."""
-    if changes is None:
-        changes = {}
-    checked = session_settings.change({**changes, **values} if isinstance(changes, dict) and values else changes)
+    Whatever a client sent is passed as it is (null, a list: refused). Refused with InvalidArgument, naming the field,
+    when a value is of the wrong type or out of bounds."""
+    if changes is _KEYWORDS:
+        changes = values
+    elif values:
+        raise TypeError("to_pb takes the settings as one object or as keywords, not both")
+    checked = session_settings.change(changes)
     return tracker_pb2.Settings(json=session_settings.encode_change(checked) if checked else "")
 
 
