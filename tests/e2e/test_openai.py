@@ -345,3 +345,24 @@ def test_a_stream_the_client_closes_cancels_its_reply(stack: Stack, client: open
         assert done and done[0]["stats"]["reason"] == "cancelled" and done[0]["stats"]["tokens"] < 400
         # Its history is unknown: the conversation cannot be continued from it.
         assert r.get(f"hw:oai:history:{{{session_id}}}") == b""
+
+
+def test_an_erased_session_continues_nothing(stack: Stack, client: openai.OpenAI, key: str, model: str) -> None:
+    """DELETE (with the owning API key) erases the API's view of the session too: its owner, history and index."""
+    messages: list[Any] = [{"role": "user", "content": "Remember the word apple."}]
+    first = client.chat.completions.create(model=model, messages=messages, **SHORT)
+    session_id = halo(first)["session_id"]
+    erased = httpx.delete(
+        f"{stack.gateway_url}/v1/sessions/{session_id}", headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+    assert erased.status_code == 200, erased.text
+    with redis.Redis.from_url(stack.redis_url) as r:
+        assert not list(r.scan_iter(f"*{{{session_id}}}*"))
+        assert not [k for k in r.scan_iter("hw:oai:conv:*") if r.get(k) == session_id.encode()]
+    messages += [{"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "?"}]
+    again = client.chat.completions.create(model=model, messages=messages, **SHORT)
+    assert halo(again)["session_id"] != session_id and halo(again)["continued"] is False
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model=model, messages=messages, extra_body={"halo": {"session_id": session_id}}, **SHORT
+        )

@@ -42,6 +42,7 @@ class Outcome:
     prompt_tokens: int
     active_tokens: int
     pruned_tokens: int
+    cancelled: bool = False  # the reply was stopped (the session is being erased, or its stream closed)
 
 
 @dataclass(slots=True)
@@ -151,6 +152,7 @@ async def follow(
                         prompt_tokens=active_before + header - pruned_before,
                         active_tokens=int(stats.get("active_tokens", 0)),
                         pruned_tokens=int(stats.get("pruned_tokens", 0)),
+                        cancelled=reason == "cancelled",
                     )
                 )
                 return

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from haloweave.tracker.v1 import tracker_pb2
 from redis.exceptions import RedisError
 
-from services.common.errors import HaloWeaveError
+from services.common.errors import HaloWeaveError, NotFound
 from services.gateway import jobs, settings_codec
 from services.gateway.connection import Deps
 from services.gateway.openai import api_keys, conversation
@@ -150,7 +150,7 @@ async def chat_completions(request: Request) -> Any:
         raise _failure(error) from None
     assert outcome is not None
     with translate():
-        await reply.completed(deps, outcome.text)
+        await reply.ended(deps, outcome)
     return JSONResponse(completion.whole(outcome, reply))
 
 
@@ -192,10 +192,14 @@ class _Reply:
     previous: list[Turn] | None  # the history it continued, when it did
     deltas: AsyncGenerator[Delta, None]
 
-    async def completed(self, deps: Deps, text: str) -> None:
-        await conversation.record(
-            deps.redis, self.key_id, self.session_id, [*self.history, ("assistant", text)], self.previous
-        )
+    async def ended(self, deps: Deps, outcome: Outcome) -> None:
+        """The session's history now ends with the reply as returned; unless the reply was cut short by a cancel
+        (its session being erased): then it continues nothing, and nothing of it is written again."""
+        if outcome.cancelled:
+            await self.failed(deps)
+            return
+        history = [*self.history, ("assistant", outcome.text)]
+        await conversation.record(deps.redis, self.key_id, self.session_id, history, self.previous)
 
     async def failed(self, deps: Deps) -> None:
         with contextlib.suppress(RedisError):
@@ -214,8 +218,11 @@ async def _start(
             await peers.update_settings(session_id, settings)
             after = await jobs.last_event_id(redis, session_id)
             await peers.append_message(session_id, "user", turns[-1][1])
+        except NotFound:
+            await conversation.forget(redis, session_id)  # erased meanwhile: nothing of it stays
+            raise
         except HaloWeaveError:
-            await conversation.record(deps.redis, key_id, session_id, history, None)  # nothing changed: as it was
+            await conversation.record(redis, key_id, session_id, history, None)  # nothing changed: as it was
             raise
         previous: list[Turn] | None = history
     else:
@@ -351,7 +358,7 @@ async def _stream(
                 yield completion.chunk([], halo={"event": delta.event})
             elif delta.outcome is not None:
                 outcome = delta.outcome
-                await reply.completed(deps, outcome.text)
+                await reply.ended(deps, outcome)
                 finished = True
                 halo = completion.halo(outcome, reply)
                 yield completion.delta({}, outcome.finish_reason, halo=halo)
