@@ -1,7 +1,9 @@
 // The chat connection: hello (new or resumed session), frames in and out, reconnect with the last event id.
 // Protocol: docs/websocket.md (haloweave.chat.v1).
 
-const STORE_KEY = "haloweave.session";
+const STORE_KEY = "haloweave.session"; // the session on screen; the list of them is conversations.js
+// Close code of a connection whose session was erased (DELETE /v1/sessions/{id}): resuming it is pointless.
+const CLOSE_SESSION_DELETED = 4410;
 
 export function loadSession() {
   try {
@@ -20,7 +22,7 @@ export class ChatClient extends EventTarget {
     super();
     this.url = url;
     this.ws = null;
-    this.session = loadSession(); // {session_id, token} of the session this browser owns
+    this.session = loadSession(); // {session_id, token} of the session on screen
     this.lastEventId = 0; // largest event id applied to the page; reset on reload (the page replays everything)
     this.retry = 0;
     this.closedByUs = false;
@@ -40,11 +42,17 @@ export class ChatClient extends EventTarget {
       }
       ws.send(JSON.stringify(hello));
     };
-    ws.onmessage = (message) => this.onFrame(JSON.parse(message.data));
+    ws.onmessage = (message) => {
+      if (this.ws === ws) this.onFrame(JSON.parse(message.data)); // not a connection left behind by a switch
+    };
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.emit("status", { state: "closed", code: event.code, reason: event.reason });
       if (this.closedByUs) return;
+      if (event.code === CLOSE_SESSION_DELETED && this.session) {
+        this.lose("session_deleted");
+        return;
+      }
       // Back off (0.5 s, 1 s, 2 s … 10 s); the replay on resume fills in whatever we missed meanwhile.
       const delay = Math.min(10000, 500 * 2 ** this.retry++);
       setTimeout(() => this.connect(), delay);
@@ -57,13 +65,8 @@ export class ChatClient extends EventTarget {
       this.session = { session_id: frame.session_id, token: frame.token };
       localStorage.setItem(STORE_KEY, JSON.stringify(this.session));
     } else if (frame.type === "error" && frame.event_id === 0 && ["unknown_session", "unauthorized"].includes(frame.code)) {
-      // The stored session is gone (or not ours): start a fresh one rather than retrying forever.
-      forgetSession();
-      this.session = null;
-      this.lastEventId = 0;
-      this.emit("reset", {});
-      this.ws.send(JSON.stringify({ type: "hello" }));
-      this.emit("frame", frame);
+      // The stored session is gone (or not ours): never retried; the page decides what comes next.
+      this.lose(frame.code);
       return;
     }
     if (frame.event_id > this.lastEventId) this.lastEventId = frame.event_id;
@@ -76,13 +79,43 @@ export class ChatClient extends EventTarget {
     return true;
   }
 
+  // The session is gone on the server (erased, or the token no longer opens it): the connection is dropped and a
+  // `lost` event names it; the page switches to another conversation or starts a new one.
+  lose(code) {
+    const lost = this.session;
+    this.detach();
+    forgetSession();
+    this.session = null;
+    this.lastEventId = 0;
+    this.emit("lost", { session: lost, code });
+  }
+
   newSession() {
     forgetSession();
     this.session = null;
     this.lastEventId = 0;
-    this.closedByUs = true;
-    if (this.ws) this.ws.close(1000);
+    this.reopen();
+  }
+
+  // Another conversation of this browser: reconnect with its token; the relay replays it from the start.
+  switchTo(session) {
+    this.session = { session_id: session.session_id, token: session.token };
+    localStorage.setItem(STORE_KEY, JSON.stringify(this.session));
+    this.lastEventId = 0;
+    this.reopen();
+  }
+
+  reopen() {
+    this.detach();
     this.connect();
+  }
+
+  // Closes the connection without reconnecting.
+  detach() {
+    this.closedByUs = true;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(1000);
   }
 
   authHeaders() {

@@ -1,6 +1,8 @@
-// Wires the page together: connection → transcript, settings, meter, snapshots, export, tooltip, heads view.
+// Wires the page together: connection → transcript, settings, meter, snapshots, export, tooltip, heads view, and the
+// list of this browser's conversations (switch, new, delete).
 
 import { ChatClient } from "./client.js";
+import { Conversations, lastUsedText } from "./conversations.js";
 import { HeadsView } from "./heads.js";
 import { SettingsPanel } from "./settings.js";
 import { Transcript } from "./transcript.js";
@@ -13,8 +15,9 @@ const heads = new HeadsView($("heads"), $("heads-canvas"), $("heads-info"));
 const settings = new SettingsPanel($("settings-form"), $("settings-error"), (changes) =>
   client.send({ type: "settings", settings: changes }),
 );
+const conversations = new Conversations();
 const state = { model: "", generating: false, budget: 0, lastStats: null };
-window.haloweave = { client, transcript, state }; // for the console and the browser tests
+window.haloweave = { client, transcript, state, conversations }; // for the console and the browser tests
 
 // ---- status, meter, composer ----------------------------------------------------------------------------------------
 
@@ -70,6 +73,8 @@ function applySettings(effective) {
 const handlers = {
   session(frame) {
     if (frame.event_id === 0) transcript.clear(); // the relay starts from the beginning: rebuild the whole page
+    conversations.touch(client.session);
+    renderConversations();
     // The session's oldest events were trimmed (the Stream is bounded): the replay alone cannot rebuild the page.
     if (frame.replay_truncated) rebuildFromExport();
     state.model = frame.model;
@@ -102,6 +107,7 @@ const handlers = {
   },
   done(frame) {
     setGenerating(false);
+    nameFromTranscript();
     state.lastStats = frame.stats;
     const s = frame.stats || {};
     $("meter").title = `last reply: ${s.tokens ?? "?"} tokens, ${(s.tokens_per_s ?? 0).toFixed(1)} tokens/s (${s.reason})`;
@@ -140,7 +146,16 @@ client.addEventListener("status", (event) => {
   if (kind === "connecting") setStatus("connecting", "Connecting…");
   if (kind === "closed") setStatus("closed", `Disconnected${reason ? ` (${reason})` : code ? ` (${code})` : ""}; retrying…`);
 });
-client.addEventListener("reset", () => transcript.clear());
+client.addEventListener("lost", (event) => {
+  // The server no longer knows the session (erased elsewhere, say): it leaves the list, with a note.
+  const { session, code } = event.detail;
+  if (session) {
+    const known = conversations.get(session.session_id);
+    conversations.remove(session.session_id);
+    note(`${describe(known, session.session_id)} is no longer on the server (${code}); removed from the list`);
+  }
+  openNext();
+});
 
 // ---- composer -------------------------------------------------------------------------------------------------------
 
@@ -152,6 +167,7 @@ $("composer").addEventListener("submit", (event) => {
   if (client.send({ type: "user_message", text })) {
     input.value = "";
     setGenerating(true);
+    if (conversations.name(client.session.session_id, text)) renderConversations();
   }
 });
 $("input").addEventListener("keydown", (event) => {
@@ -187,8 +203,109 @@ for (const [button, panel] of [["btn-settings", "panel-settings"], ["btn-snapsho
 }
 $("btn-new").addEventListener("click", () => {
   transcript.clear();
+  setGenerating(false);
   client.newSession();
 });
+
+// ---- conversations --------------------------------------------------------------------------------------------------
+
+function describe(conversation, sessionId) {
+  return conversation?.title ? `“${conversation.title}”` : `conversation ${sessionId.slice(0, 8)}`;
+}
+
+function note(text) {
+  $("conversation-note").textContent = text;
+}
+
+function renderConversations() {
+  const current = client.session?.session_id;
+  $("conversation-list").replaceChildren(
+    ...conversations.all().map((conversation) => {
+      const item = document.createElement("li");
+      item.dataset.session = conversation.session_id;
+      item.classList.toggle("current", conversation.session_id === current);
+      const open = document.createElement("button");
+      open.className = "conversation-open";
+      open.title = `session ${conversation.session_id}`;
+      const title = document.createElement("span");
+      title.className = "conversation-title";
+      title.textContent = conversation.title || "New conversation";
+      const used = document.createElement("span");
+      used.className = "muted";
+      used.textContent = `${lastUsedText(conversation.last_used)} · ${conversation.session_id.slice(0, 8)}`;
+      open.append(title, used);
+      open.addEventListener("click", () => switchConversation(conversation));
+      const remove = document.createElement("button");
+      remove.className = "conversation-delete";
+      remove.textContent = "Delete";
+      remove.title = "Erase this conversation on the server: its dictionary, caches and snapshots";
+      remove.addEventListener("click", () => deleteConversation(conversation));
+      item.append(open, remove);
+      return item;
+    }),
+  );
+}
+setInterval(renderConversations, 60_000); // "5 min ago" moves on
+
+function switchConversation(conversation) {
+  if (conversation.session_id === client.session?.session_id) return;
+  transcript.clear();
+  setGenerating(false);
+  client.switchTo(conversation); // its `session` frame marks it used and redraws the list
+  renderConversations();
+}
+
+// The most recently used conversation left, or a new one.
+function openNext() {
+  transcript.clear();
+  setGenerating(false);
+  const next = conversations.all()[0];
+  if (next) client.switchTo(next);
+  else client.newSession();
+  renderConversations();
+}
+
+async function deleteConversation(conversation) {
+  const name = describe(conversation, conversation.session_id);
+  if (!window.confirm(`Delete ${name}? It is erased on the server and cannot be brought back.`)) return;
+  const current = conversation.session_id === client.session?.session_id;
+  if (current) client.detach(); // its connection is closed by the erase anyway; do not resume it meanwhile
+  let outcome;
+  try {
+    const response = await fetch(`/v1/sessions/${encodeURIComponent(conversation.session_id)}`, {
+      method: "DELETE",
+      headers: { Authorization: `Bearer ${conversation.token}` },
+    });
+    if (response.status === 404) {
+      outcome = `${name} was already gone on the server; removed from the list`;
+    } else if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(`${body.code || response.status}: ${body.message || response.statusText}`);
+    } else {
+      outcome = `${name} deleted`;
+    }
+  } catch (error) {
+    toast(`delete failed: ${error.message}`);
+    if (current) client.reopen(); // it is still there: go on with it
+    return;
+  }
+  conversations.remove(conversation.session_id);
+  note(outcome);
+  if (current) openNext();
+  else renderConversations();
+}
+
+// A conversation started elsewhere (or before titles were kept) is named after its first user message once shown.
+function nameFromTranscript() {
+  const session = client.session;
+  if (!session || conversations.get(session.session_id)?.title) return;
+  const said = [...transcript.tokens.values()]
+    .filter((t) => t.role === "user" && !t.special)
+    .sort((a, b) => a.position - b.position);
+  if (!said.length) return;
+  const text = said.filter((t) => t.turn_id === said[0].turn_id).map((t) => t.token).join("");
+  if (conversations.name(session.session_id, text)) renderConversations();
+}
 
 // ---- tooltip --------------------------------------------------------------------------------------------------------
 
