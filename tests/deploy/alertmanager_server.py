@@ -29,7 +29,7 @@ from tests.deploy.catalogue import ROOT
 
 ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 TIMINGS = ("group_wait", "group_interval", "repeat_interval")
-HOW = "install Debian's prometheus-alertmanager package (scripts/apt-packages.txt; make setup)"
+HOW = "install Debian's prometheus-alertmanager package (scripts/apt-packages-test.txt; make setup-test)"
 
 
 def alertmanager_binary() -> str:

@@ -8,7 +8,7 @@ from tests.deploy.catalogue import ALERTS, ROOT, alert_rules, metric_catalogue, 
 from tests.deploy.tools import require_tool, run
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-HOW = "install Debian's prometheus package (scripts/apt-packages.txt; make setup)"
+HOW = "install Debian's prometheus package (scripts/apt-packages-test.txt; make setup-test)"
 
 
 def test_scrape_config_and_the_rules_it_loads_are_valid() -> None:

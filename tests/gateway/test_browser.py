@@ -35,7 +35,7 @@ WAIT_MS = 180_000  # a reply on a busy 2-core machine; conditions usually hold f
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (scripts/apt-packages.txt)")
+        pytest.skip("Debian chromium is not installed (scripts/apt-packages-test.txt: make setup-test)")
     SHOTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
