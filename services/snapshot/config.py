@@ -24,7 +24,8 @@ class SnapshotConfig(config.EnvSettings):
         default_factory=lambda: (REPO_ROOT / ".state" / "snapshots").as_uri(),
         validation_alias="HALOWEAVE_SNAPSHOT_URL",
         min_length=1,
-        description="The object store: `file:///dir` or `s3://bucket/prefix` (S3: see `HALOWEAVE_S3_ENDPOINT`).",
+        description="The object store: `file:///dir` or `s3://bucket/prefix` (a missing bucket is created; S3: see"
+        " `HALOWEAVE_S3_ENDPOINT`).",
         json_schema_extra={"shown_default": "`file://` + `.state/snapshots` in the repository"},
     )
     listen: str = Field(

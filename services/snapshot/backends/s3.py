@@ -28,7 +28,8 @@ class S3Settings(EnvSettings):
     endpoint: str | None = Field(
         default=None,
         validation_alias="HALOWEAVE_S3_ENDPOINT",
-        description="URL of an S3-compatible server (SeaweedFS, MinIO, ...) for `s3://` stores; unset: AWS itself.",
+        description="URL of an S3-compatible server (SeaweedFS, MinIO, ...) for `s3://` stores; unset: AWS itself."
+        " Refused credentials stop the service at start-up.",
     )
     access_key_id: str | None = secret(
         "AWS_ACCESS_KEY_ID", "S3 access key id; unset: boto3's own credential chain.", default=None
