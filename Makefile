@@ -10,6 +10,7 @@ help:
 	@echo "make run     set up (first time: a few minutes) and start the chat; prints its URL"
 	@echo "make test    set up and run every check: lint, types, unit, integration and end-to-end tests"
 	@echo "make bench   run every benchmark under bench/ (tables on stdout, figures in bench/results/)"
+	@echo "make setup   only the set-up for running; make setup-test adds what the checks use (Chromium, Prometheus, ...)"
 
 setup:
 	@bash scripts/setup.sh
