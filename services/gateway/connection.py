@@ -174,7 +174,11 @@ class Connection:
         except protocol.ProtocolError as error:
             await self._error(error.code, error.message)
         except NotFound as error:
-            await self._error(protocol.UNKNOWN_SESSION, error.message)
+            if self.session_id is not None:
+                # The bound session is gone, or going: erased. Its Stream must not be written to again.
+                self._session_deleted()
+            else:
+                await self._error(protocol.UNKNOWN_SESSION, error.message)
         except HaloWeaveError as error:
             code = protocol.UNAVAILABLE if error.code in ("unavailable", "internal") else protocol.BAD_FRAME
             await self._error(code, error.message)

@@ -7,9 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
+from haloweave.tracker.v1 import tracker_pb2
+from haloweave.tracker.v1.tracker_pb2_grpc import TrackerStub
 from redis.asyncio import Redis
+from websockets.exceptions import ConnectionClosed
 
 from services.common import keys
+from services.common.grpc_server import channel
+from services.gateway import erasures
 from tests.gateway.conftest import Client, Gateway, open_client
 
 
@@ -84,3 +89,40 @@ async def test_a_session_being_erased_takes_no_job_and_no_resume(gateway: Gatewa
     finally:
         await redis.unlink(keys.erasing_key(sid))
         await redis.aclose()
+
+
+async def test_connections_of_an_erased_session_end_with_session_deleted_and_write_nothing(
+    gateway: Gateway, tracker_addr: str
+) -> None:
+    """The announcement closes every connection bound to the session; a connection that sends a frame after the
+    tracker erased the session (it missed the announcement) is closed the same way, and neither writes to the
+    session's Stream again."""
+    redis = Redis.from_url(gateway.redis_url)
+    async with open_client(gateway.ws_url) as ws_a, open_client(gateway.ws_url) as ws_b:
+        a, b = Client(ws_a), Client(ws_b)
+        first = await a.hello()
+        second = await b.hello()
+        # Erased behind the gateway's back (as by a DELETE whose announcement this gateway missed).
+        async with channel(tracker_addr) as ch:
+            await TrackerStub(ch).DeleteSession(tracker_pb2.SessionRef(session_id=second["session_id"]))
+        await b.send({"type": "user_message", "text": "Still there?"})
+        await ended(b)
+        # Only the gateway's token hash is left of it: the refused frame wrote no event.
+        assert await picture(redis, second["session_id"]) == {
+            keys.auth_key(second["session_id"]).encode(): ("string", 64)
+        }
+        # Announced: the other session's connection ends too, and its farewell is not written to its Stream.
+        before = await picture(redis, first["session_id"])
+        await erasures.announce(redis, first["session_id"])
+        await ended(a)
+        assert await picture(redis, first["session_id"]) == before
+    await redis.aclose()
+
+
+async def ended(client: Client) -> None:
+    while (frame := await client.recv())["type"] != "error":
+        pass
+    assert frame["code"] == "session_deleted" and frame["event_id"] == 0, frame
+    with pytest.raises(ConnectionClosed) as closed:
+        await client.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4410
