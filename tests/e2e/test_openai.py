@@ -92,6 +92,7 @@ def test_a_whole_reply(stack: Stack, client: openai.OpenAI, key: str, model: str
     usage = completion.usage
     assert usage is not None and usage.completion_tokens >= 1
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 0
     info = halo(completion)
     assert info["continued"] is False
     state = export(stack, key, info["session_id"])
@@ -159,6 +160,9 @@ def test_a_conversation_continues_its_session(stack: Stack, client: openai.OpenA
     messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "Thanks."}]
     third = client.chat.completions.create(model=model, messages=messages, **SHORT)
     assert halo(third)["session_id"] == session_id and halo(third)["continued"] is True
+    # What the session held before this request is the reused part of its prompt.
+    assert third.usage is not None and third.usage.prompt_tokens_details is not None
+    assert third.usage.prompt_tokens_details.cached_tokens == len(after)
     # The history it moved on from continues nothing: the same messages again make a new session.
     again = client.chat.completions.create(model=model, messages=messages[:3], **SHORT)
     assert halo(again)["session_id"] != session_id and halo(again)["continued"] is False
@@ -366,3 +370,57 @@ def test_an_erased_session_continues_nothing(stack: Stack, client: openai.OpenAI
         client.chat.completions.create(
             model=model, messages=messages, extra_body={"halo": {"session_id": session_id}}, **SHORT
         )
+
+
+def test_a_stop_string_ends_the_reply_and_is_left_out(client: openai.OpenAI, model: str) -> None:
+    messages: list[Any] = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(model=model, messages=messages, max_tokens=16, temperature=0)
+    text = whole.choices[0].message.content or ""
+    assert " " in text.strip(), "the greedy reply has a second word"
+    cut = client.chat.completions.create(model=model, messages=messages, max_tokens=16, temperature=0, stop=" ")
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(" ")]
+    streamed = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=16, temperature=0, stop=[" "], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text[: text.index(" ")]
+
+
+def test_a_pruned_conversation_goes_on_from_its_pruned_context(
+    stack: Stack, client: openai.OpenAI, key: str, model: str
+) -> None:
+    """The session's other settings are changed with the API key (REST); a budget prunes while a continued request
+    replies, the stream carries the `pruned` events, and the prompt counts only what stayed active."""
+    messages: list[Any] = [
+        {"role": "user", "content": "My cat is called Tom. He is grey. He likes fish. He sleeps all day."}
+    ]
+    first = client.chat.completions.create(model=model, messages=messages, **SHORT)
+    session_id = halo(first)["session_id"]
+    held = len(export(stack, key, session_id)["tokens"])
+    changed = httpx.put(
+        f"{stack.gateway_url}/v1/sessions/{session_id}/settings",
+        json={"max_context_tokens": held - 5},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert changed.status_code == 200, changed.text
+    messages += [{"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "Hi."}]
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"halo": {"events": ["pruned"]}},
+            **SHORT,
+        )
+    )
+    pruned = [halo(c)["event"] for c in chunks if not c.choices and "event" in (c.model_extra or {}).get("halo", {})]
+    assert pruned and all(e["type"] == "pruned" and e["positions"] for e in pruned)
+    info = halo(chunks[-1])
+    assert info["session_id"] == session_id and info["continued"] is True and info["pruned_tokens"] > 0
+    state = export(stack, key, session_id)["tokens"]
+    assert info["active_tokens"] == sum(not t["deleted"] for t in state) <= held - 5
+    # The prompt is what stayed active when the reply opened: within the budget, though the session held more.
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens <= held - 5

@@ -162,10 +162,15 @@ def _check_parts(messages: Any) -> None:
 # ---- answers (documentation of the shapes; the routes build plain dicts) ------------------------------------------
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens the session already held (0 for a new session)")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class HaloInfo(BaseModel):

@@ -40,6 +40,7 @@ class Outcome:
     finish_reason: str  # stop | length
     completion_tokens: int
     prompt_tokens: int
+    header_tokens: int  # the template's header of the reply, part of the prompt
     active_tokens: int
     pruned_tokens: int
     cancelled: bool = False  # the reply was stopped (the session is being erased, or its stream closed)
@@ -150,6 +151,7 @@ async def follow(
                         finish_reason="length" if reason == "length" else "stop",
                         completion_tokens=int(stats.get("tokens", generated)),
                         prompt_tokens=active_before + header - pruned_before,
+                        header_tokens=header,
                         active_tokens=int(stats.get("active_tokens", 0)),
                         pruned_tokens=int(stats.get("pruned_tokens", 0)),
                         cancelled=reason == "cancelled",

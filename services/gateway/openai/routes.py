@@ -191,6 +191,7 @@ class _Reply:
     history: list[Turn]  # what the session will hold once the reply is added (the request's messages)
     previous: list[Turn] | None  # the history it continued, when it did
     deltas: AsyncGenerator[Delta, None]
+    new_tokens: int  # the tokens this request appended (a continued session: its new message)
 
     async def ended(self, deps: Deps, outcome: Outcome) -> None:
         """The session's history now ends with the reply as returned; unless the reply was cut short by a cancel
@@ -217,7 +218,7 @@ async def _start(
         try:
             await peers.update_settings(session_id, settings)
             after = await jobs.last_event_id(redis, session_id)
-            await peers.append_message(session_id, "user", turns[-1][1])
+            appended = await peers.append_message(session_id, "user", turns[-1][1])
         except NotFound:
             await conversation.forget(redis, session_id)  # erased meanwhile: nothing of it stays
             raise
@@ -225,14 +226,15 @@ async def _start(
             await conversation.record(redis, key_id, session_id, history, None)  # nothing changed: as it was
             raise
         previous: list[Turn] | None = history
+        new_tokens = appended.last_position - appended.first_position + 1
     else:
         session_id, after = await _build(deps, key_id, turns, settings)
-        previous = None
+        previous, new_tokens = None, -1
     info = await peers.get_session(session_id)
     job_id = await jobs.enqueue(redis, "generate", session_id)
     stop, events = list(chat.stop_strings() or []), [str(e) for e in chat.halo.events]
     deltas = follow(redis, session_id, after, job_id, stop, info.active_tokens, events)
-    return _Reply(key_id, session_id, previous is not None, turns, previous, deltas)
+    return _Reply(key_id, session_id, previous is not None, turns, previous, deltas, new_tokens)
 
 
 async def _continued(deps: Deps, key_id: str, named: str | None, history: list[Turn]) -> str | None:
@@ -300,11 +302,15 @@ class _Completion:
         }
 
     @staticmethod
-    def usage(outcome: Outcome) -> dict[str, int]:
+    def usage(outcome: Outcome, reply: _Reply) -> dict[str, Any]:
+        # Reused: the prompt less what this request added (its message, the reply's header); a new session reuses
+        # nothing. (A worker that lost the session's cache rebuilds it, the count stays what the session reused.)
+        cached = outcome.prompt_tokens - outcome.header_tokens - reply.new_tokens if reply.continued else 0
         return {
             "prompt_tokens": outcome.prompt_tokens,
             "completion_tokens": outcome.completion_tokens,
             "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": max(0, cached)},
         }
 
     def whole(self, outcome: Outcome, reply: _Reply) -> dict[str, Any]:
@@ -321,7 +327,7 @@ class _Completion:
                     "finish_reason": outcome.finish_reason,
                 }
             ],
-            "usage": self.usage(outcome),
+            "usage": self.usage(outcome, reply),
             "halo": self.halo(outcome, reply),
         }
 
@@ -363,7 +369,7 @@ async def _stream(
                 halo = completion.halo(outcome, reply)
                 yield completion.delta({}, outcome.finish_reason, halo=halo)
                 if chat.stream_options is not None and chat.stream_options.include_usage:
-                    yield completion.chunk([], usage=completion.usage(outcome), halo=halo)
+                    yield completion.chunk([], usage=completion.usage(outcome, reply), halo=halo)
         yield "data: [DONE]\n\n"
     except (ReplyFailed, HaloWeaveError, RedisError) as error:
         failure = _failure(error)
