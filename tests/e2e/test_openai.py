@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -424,3 +425,24 @@ def test_a_pruned_conversation_goes_on_from_its_pruned_context(
     # The prompt is what stayed active when the reply opened: within the budget, though the session held more.
     usage = chunks[-1].usage
     assert usage is not None and usage.prompt_tokens <= held - 5
+
+
+def test_two_requests_continuing_one_history_at_once(stack: Stack, client: openai.OpenAI, model: str) -> None:
+    """Only one of them continues the session; the other gets a session of its own (the history is taken while a
+    reply is made), and neither sees the other's message."""
+    first = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello."}], **SHORT)
+    session_id = halo(first)["session_id"]
+    history: list[Any] = [
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": first.choices[0].message.content},
+    ]
+
+    def ask(text: str) -> Any:
+        messages = [*history, {"role": "user", "content": text}]
+        return client.chat.completions.create(model=model, messages=messages, **SHORT)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(ask, ["One.", "Two."]))
+    infos = [halo(a) for a in answers]
+    assert sorted(i["continued"] for i in infos) == [False, True]
+    assert sorted(i["session_id"] == session_id for i in infos) == [False, True]
