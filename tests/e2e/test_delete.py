@@ -1,11 +1,14 @@
 """DELETE /v1/sessions/{id} on the whole system: after a real chat with a snapshot, and while a reply is being
 generated, nothing of the session is left anywhere: no Redis key names it and no value holds it (strings, hashes,
-lists, sets, sorted sets, Streams with the job entries), the store holds no file of it, no worker holds state of it,
-and its WebSocket connections end with `session_deleted`. Another session goes on untouched."""
+lists, sets, sorted sets, Streams with the job entries), the store holds no file or object of it (a local folder, and
+a real S3 server), no worker holds state of it, and its WebSocket connections end with `session_deleted`. Another
+session goes on untouched."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,6 +18,7 @@ from haloweave.inference.v1 import inference_pb2, inference_pb2_grpc
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
+from devstack.seaweed import SeaweedS3
 from devstack.stack import Stack
 from tests.e2e.test_chat import new_session
 from tests.support.chat_client import ChatClient
@@ -27,14 +31,46 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def store_traces(root: Path, session_id: str, snapshot_id: str) -> list[str]:
-    """Files of the snapshot store whose path or bytes hold the session id, or that belong to the snapshot."""
+BUCKET = "erase"
+Store = Callable[[], dict[str, bytes]]  # every file or object of the snapshot store: name -> bytes
+
+
+def folder_store(root: Path) -> Store:
+    return lambda: {str(path): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def bucket_store(s3: SeaweedS3) -> Store:
+    def objects() -> dict[str, bytes]:
+        client = s3.client()
+        found = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+        return found
+
+    return objects
+
+
+def store_traces(store: Store, session_id: str, snapshot_id: str) -> list[str]:
+    """Files or objects of the snapshot store whose name or bytes hold the session id, or that are the snapshot's."""
     needle = session_id.encode()
     return [
-        str(path)
-        for path in root.rglob("*")
-        if snapshot_id in str(path) or session_id in str(path) or (path.is_file() and needle in path.read_bytes())
+        name
+        for name, data in store().items()
+        if snapshot_id in name or session_id in name or needle in data  # the claim file names its session
     ]
+
+
+@pytest.fixture(scope="module")
+def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, SeaweedS3]]:
+    """The whole system with its snapshots on a real S3 server (SeaweedFS)."""
+    workdir = tmp_path_factory.mktemp("erase-s3")
+    with SeaweedS3(workdir / "s3") as s3:
+        s3.create_bucket(BUCKET)
+        env = {**s3.env(), "HALOWEAVE_SNAPSHOT_MASTER_KEY": secrets.token_hex(32)}
+        with Stack(workdir=workdir, snapshot_url=f"s3://{BUCKET}/snapshots", env=env) as stack:
+            yield stack, s3
+            assert not stack.dead(), f"services died: {stack.dead()}"
 
 
 def forget(stack: Stack, session_id: str) -> inference_pb2.ForgetSessionResponse:
@@ -52,6 +88,15 @@ def ended_with_session_deleted(client: ChatClient) -> None:
 
 
 def test_delete_leaves_nothing_of_the_session_anywhere(stack: Stack) -> None:
+    erase_and_look_everywhere(stack, folder_store(stack.workdir / "snapshots"))
+
+
+def test_delete_leaves_nothing_of_the_session_in_an_s3_store(s3_stack: tuple[Stack, SeaweedS3]) -> None:
+    stack, s3 = s3_stack
+    erase_and_look_everywhere(stack, bucket_store(s3))
+
+
+def erase_and_look_everywhere(stack: Stack, store: Store) -> None:
     with new_session(stack, max_new_tokens=6) as owner, new_session(stack, max_new_tokens=4) as other:
         assert owner.chat("Remember: the key is under the blue pot.")[-1]["type"] == "done"
         assert other.chat("Hello there.")[-1]["type"] == "done"
@@ -61,7 +106,6 @@ def test_delete_leaves_nothing_of_the_session_anywhere(stack: Stack) -> None:
         taken = httpx.post(f"{url}/snapshots", headers=bearer(token), timeout=120)
         assert taken.status_code == 200, taken.text
         snapshot_id = taken.json()["snapshot_id"]
-        store = stack.workdir / "snapshots"
         assert store_traces(store, sid, snapshot_id)
 
         # Only the session's own token opens it: another session's token, or none, erases nothing.
