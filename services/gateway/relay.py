@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.common import events, keys
+from services.common.redis_text import text
 
 READ_COUNT = 256
 # Below the Redis client's socket timeout (5 s by default), so a quiet session never looks like a dead server.
@@ -35,10 +36,6 @@ class Outgoing:
     text: str
     type: str
     read_at: float | None  # monotonic time the event was read off the Stream; None for frames made here
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def encode(frame: dict[str, Any]) -> str:
@@ -161,8 +158,8 @@ class StreamReader:
 
     def _outgoing(self, entry_id: str, fields: dict[Any, Any], read_at: float) -> Outgoing | None:
         """The frame for one Stream entry, or None when it is addressed to another connection."""
-        kind = _text(fields.get(b"type", fields.get("type", "")))
-        data = _text(fields.get(b"data", fields.get("data", "{}")))
+        kind = text(fields.get(b"type", fields.get("type", "")))
+        data = text(fields.get(b"data", fields.get("data", "{}")))
         if kind != "error" and data.startswith("{") and '"type"' not in data and '"event_id"' not in data:
             # The hot path (token, brightness, ...): splice the stored JSON object into the frame instead of
             # parsing and re-serialising it; the gateway relays these events unchanged.

@@ -27,6 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.common import keys
+from services.common.redis_text import text
 from services.inference.jobs import Job, worker_stream
 
 log = logging.getLogger(__name__)
@@ -151,16 +152,12 @@ class Affinity:
             for entry_id, fields in entries or []:
                 pairs: list[str] = []
                 for name, value in fields.items():
-                    pairs.extend([_text(name), _text(value)])
+                    pairs.extend([text(name), text(value)])
                 moved += int(
                     await self.redis.eval(  # type: ignore[misc]
-                        RETURN_LUA, 2, stream, keys.JOBS_STREAM, other, keys.JOBS_GROUP, _text(entry_id), *pairs
+                        RETURN_LUA, 2, stream, keys.JOBS_STREAM, other, keys.JOBS_GROUP, text(entry_id), *pairs
                     )
                 )
         if moved:
             log.info("%s: moved %d jobs of dead workers back to the shared Stream", self.worker_id, moved)
         return moved
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.common import erasing, keys
+from services.common.redis_text import text
 from services.inference.affinity import WORKERS_SET
 from services.inference.jobs import done_key, lock_key, worker_stream
 
@@ -60,13 +61,9 @@ class Forgotten:
     keys_removed: int = 0
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def job_streams(redis: Redis) -> list[str]:
     """The shared job Stream and the own Stream of every worker ever seen."""
-    workers = sorted(_text(w) for w in await redis.smembers(WORKERS_SET))  # type: ignore[misc]
+    workers = sorted(text(w) for w in await redis.smembers(WORKERS_SET))  # type: ignore[misc]
     return [keys.JOBS_STREAM, *(worker_stream(w) for w in workers)]
 
 
@@ -82,7 +79,7 @@ async def remove_jobs(redis: Redis, session_id: str, streams: Iterable[str]) -> 
             page: Any = await redis.xrange(stream, start, "+", count=PAGE)
             mine = []
             for entry_id, raw in page:
-                fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
+                fields = {text(k): text(v) for k, v in (raw or {}).items()}
                 if fields.get("session_id") == session_id:
                     mine.append(entry_id)
                     if fields.get("job_id"):
@@ -93,7 +90,7 @@ async def remove_jobs(redis: Redis, session_id: str, streams: Iterable[str]) -> 
                 removed += int(await redis.xdel(stream, *mine))
             if len(page) < PAGE:
                 break
-            start = "(" + _text(page[-1][0])
+            start = "(" + text(page[-1][0])
     return removed, job_ids
 
 

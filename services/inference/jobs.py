@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.common import events, keys
+from services.common.redis_text import text
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,8 @@ class Job:
             raise BadJob("restore job has no snapshot_id")
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _job(stream: Any, entry_id: Any, fields: Any) -> Job:
-    return Job(_text(stream), _text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()})
+    return Job(text(stream), text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()})
 
 
 # KEYS: stream, done, lock, then the session's four event keys (events.stream_keys). ARGV: group, entry id, outcome,
@@ -227,7 +224,7 @@ class JobQueue:
     async def holds(self, job: Job) -> bool:
         """Whether this worker still holds the job's lock (nobody took the job over)."""
         holder = await self.redis.get(lock_key(job.job_id))
-        return _text(holder) == self.holder if holder is not None else False
+        return text(holder) == self.holder if holder is not None else False
 
     async def refresh(self, job: Job) -> None:
         """Keeps a running job ours: refreshes its lock and resets its idle time so nobody reclaims it."""
@@ -277,7 +274,7 @@ async def release_dead(redis: Redis, worker_id: str, incarnation: str, idle_ms: 
             pending: Any = await redis.xpending_range(stream, keys.JOBS_GROUP, "-", "+", 1000, consumername=worker_id)
         except ResponseError:  # no such Stream or group yet
             continue
-        ids: list[Any] = [_text(entry["message_id"]) for entry in pending or []]
+        ids: list[Any] = [text(entry["message_id"]) for entry in pending or []]
         if not ids:
             continue
         entries: Any = await redis.xrange(stream, ids[0], ids[-1])

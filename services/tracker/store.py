@@ -34,6 +34,7 @@ from redis.exceptions import ResponseError
 
 from services.common import erasing, events, keys
 from services.common.errors import DataLoss, NotFound
+from services.common.redis_text import text
 from services.tracker import wire
 from services.tracker.settings import Settings
 from services.tracker.state import ARRAYS, Draft, Meta, SessionState
@@ -150,7 +151,7 @@ class Store:
             for name in STORED:
                 pipe.get(array_key(session_id, name))
             replies = await pipe.execute()
-        raw_meta = {_text(k): _text(v) for k, v in replies[0].items()}
+        raw_meta = {text(k): text(v) for k, v in replies[0].items()}
         if not raw_meta:
             raise NotFound(f"unknown session {session_id!r}")
         settings = Settings.from_json(raw_meta.pop("settings"))
@@ -175,7 +176,7 @@ class Store:
         return await erasing.unlink_matching(self.redis, keys.session_prefix_match(session_id))
 
     async def texts(self, session_id: str) -> list[str]:
-        return [_text(t) for t in await self.redis.lrange(text_key(session_id), 0, -1)]  # type: ignore[misc]
+        return [text(t) for t in await self.redis.lrange(text_key(session_id), 0, -1)]  # type: ignore[misc]
 
     async def commit(self, draft: Draft, replace: bool = False) -> int | None:
         """Writes the draft if the stored version is still the one it was computed from; None on conflict.
@@ -307,7 +308,3 @@ def _encode_event(event_type: str, data: dict[str, Any]) -> list[Any]:
         except orjson.JSONEncodeError:  # e.g. a lone surrogate in a text piece: the shared encoder escapes it
             pass
     return events.encode(event_type, data)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

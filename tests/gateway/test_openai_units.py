@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.common import keys
+from services.gateway import auth
 from services.gateway.openai import api_keys, conversation
 from services.gateway.openai.errors import OpenAIError
 from services.gateway.openai.models import parse_request
@@ -90,7 +91,7 @@ async def test_keys_are_stored_hashed_verified_listed_and_revoked(redis: Redis) 
     assert await api_keys.verify(redis, secret) == entry.key_id
     stored = await redis.hgetall(keys.api_key(entry.key_id))  # type: ignore[misc]
     assert secret.encode() not in b"".join([*stored.keys(), *stored.values()])
-    assert stored[b"digest"] == api_keys.digest(secret).encode()
+    assert stored[b"digest"] == auth.digest(secret).encode()
     assert await api_keys.verify(redis, secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
     assert await api_keys.verify(redis, "hwk_" + "0" * 16 + "_" + "x" * 43) is None
     assert await api_keys.verify(redis, "nonsense") is None

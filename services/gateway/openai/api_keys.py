@@ -26,6 +26,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from services.common import keys
+from services.common.redis_text import text
+from services.gateway import auth
 
 PREFIX = "hwk_"
 _KEY = re.compile(r"hwk_([0-9a-f]{16})_([A-Za-z0-9_-]{20,128})")
@@ -39,14 +41,6 @@ class ApiKey:
     key_id: str
     name: str
     created: float
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def looks_like_key(text: str) -> bool:
@@ -68,7 +62,7 @@ async def create(redis: Redis, name: str = "", key: str | None = None) -> tuple[
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             keys.api_key(entry.key_id),
-            mapping={"digest": digest(key), "name": entry.name, "created": f"{entry.created:.3f}"},
+            mapping={"digest": auth.digest(key), "name": entry.name, "created": f"{entry.created:.3f}"},
         )
         pipe.sadd(keys.API_KEYS, entry.key_id)
         await pipe.execute()
@@ -81,16 +75,16 @@ async def verify(redis: Redis, key: str) -> str | None:
     key_id = match.group(1) if match else "0" * 16
     stored = await redis.hget(keys.api_key(key_id), "digest")
     expected = stored.decode() if isinstance(stored, bytes) else (stored or _DUMMY_DIGEST)
-    matches = hmac.compare_digest(digest(key), expected)
+    matches = hmac.compare_digest(auth.digest(key), expected)
     return key_id if matches and match is not None and stored is not None else None
 
 
 async def list_keys(redis: Redis) -> list[ApiKey]:
     found = []
     for raw in sorted(await redis.smembers(keys.API_KEYS)):  # type: ignore[misc]
-        key_id = _text(raw)
+        key_id = text(raw)
         raw_fields = await redis.hgetall(keys.api_key(key_id))  # type: ignore[misc]
-        fields = {_text(k): _text(v) for k, v in raw_fields.items()}
+        fields = {text(k): text(v) for k, v in raw_fields.items()}
         if fields:
             found.append(ApiKey(key_id, fields.get("name", ""), float(fields.get("created", "0"))))
     return sorted(found, key=lambda k: k.created)

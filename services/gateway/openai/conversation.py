@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from services.common import keys
+from services.common.redis_text import text, text_or_none
 
 Turn = tuple[str, str]  # (role, text)
 
@@ -38,17 +39,13 @@ return 0
 
 def digest(turns: Sequence[Turn]) -> str:
     """The digest of a message history; the same on both sides because both are built by the same `turns`."""
-    text = json.dumps([[role, content] for role, content in turns], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+    canonical = json.dumps([[role, content] for role, content in turns], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 async def owner(redis: Redis, session_id: str) -> str | None:
     """The id of the API key that created the session (None: not created through this API)."""
-    return _text(await redis.get(keys.openai_owner(session_id)))
+    return text_or_none(await redis.get(keys.openai_owner(session_id)))
 
 
 async def adopt(redis: Redis, session_id: str, key_id: str) -> None:
@@ -61,7 +58,7 @@ async def adopt(redis: Redis, session_id: str, key_id: str) -> None:
 
 async def find(redis: Redis, key_id: str, history: Sequence[Turn]) -> str | None:
     """The session of this key whose history is exactly `history`, if the index has one."""
-    return _text(await redis.get(keys.openai_conversation(key_id, digest(history))))
+    return text_or_none(await redis.get(keys.openai_conversation(key_id, digest(history))))
 
 
 async def claim(redis: Redis, session_id: str, history: Sequence[Turn]) -> bool:
@@ -73,7 +70,7 @@ async def claim(redis: Redis, session_id: str, history: Sequence[Turn]) -> bool:
 
 async def recorded(redis: Redis, session_id: str) -> str | None:
     """The digest of the session's history ("" while a reply is made or after one failed; None: no such record)."""
-    return _text(await redis.get(keys.openai_history(session_id)))
+    return text_or_none(await redis.get(keys.openai_history(session_id)))
 
 
 async def record(
@@ -111,7 +108,7 @@ async def forget(redis: Redis, session_id: str) -> None:
     hash tag; this is for callers that erase only the API's view."""
     registry = keys.session_registry(session_id)
     members = await redis.smembers(registry)  # type: ignore[misc]
-    entries = [_text(m) or "" for m in members if (_text(m) or "").startswith("hw:oai:conv:")]
+    entries = [entry for entry in map(text, members) if entry.startswith("hw:oai:conv:")]
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.openai_owner(session_id), keys.openai_history(session_id), *entries)
         if entries:
