@@ -150,6 +150,8 @@ def test_several_probed_queries_score_each_position_by_their_maximum(engine: Eng
         result = engine.recall_scores(cache, out.probe, "max")
         assert result is not None
         scored.append(np.concatenate([result[0], result[2]]))
-    np.testing.assert_allclose(scored[3], np.maximum.reduce(scored[:3]), rtol=1e-6)
+    # float32 matmuls of 1 and of 3 queries sum in different orders: a clean-clone CI run differed by 1.9e-6
+    # relative (3 of 41 scores), above 1e-6; 1e-5 is still two orders below any difference between positions.
+    np.testing.assert_allclose(scored[3], np.maximum.reduce(scored[:3]), rtol=1e-5)
     with pytest.raises(EngineInputError, match="probe"):
         engine.forward([BatchEntry(engine.new_cache(), [1, 2], [0, 1], capture=None, probe=(0,))])
