@@ -9,8 +9,13 @@ import pytest
 
 from devstack.procs import Proc, free_port, start_redis
 from devstack.stack import Stack
+from tests.support import run_guard
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    run_guard.install(config)
 
 
 @pytest.fixture(scope="session")
