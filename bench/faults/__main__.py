@@ -26,6 +26,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=3, help="conversations in flight at each fault (default 3)")
     p.add_argument("--only", nargs="+", metavar="FAULT", help="run only these faults (names as in the table)")
     p.add_argument("--claim-idle-ms", type=int, help="HALOWEAVE_CLAIM_IDLE_MS for the workers (default theirs)")
+    p.add_argument("--workers", type=int, default=1, help="inference worker actors (default 1; 2: one stays idle)")
+    p.add_argument("--strike-after", type=int, default=2, metavar="N", help="strike once each reply showed N tokens")
+    p.add_argument("--max-new-tokens", type=int, help="reply length (default the harness's 48)")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
@@ -75,21 +78,31 @@ def main(argv: list[str] | None = None) -> int:
     selected = chosen(args)
     env = {"HALOWEAVE_CLAIM_IDLE_MS": str(args.claim_idle_ms)} if args.claim_idle_ms else None
     print(
-        f"bench.faults: {len(selected)} faults × {args.repeats} repeats, {args.sessions} conversations each",
+        f"bench.faults: {len(selected)} faults × {args.repeats} repeats, {args.sessions} conversations each, "
+        f"{args.workers} worker(s)",
         flush=True,
     )
     runs: dict[str, list[Result]] = {fault.name: [] for fault in selected}
     began, started_load = time.monotonic(), os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="hw-faults-") as workdir, supervised_stack(Path(workdir), env) as stack:
+    settings = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
+    workdir_context = tempfile.TemporaryDirectory(prefix="hw-faults-")
+    with workdir_context as workdir, supervised_stack(Path(workdir), env, workers=args.workers) as stack:
         print(f"  stack up in {time.monotonic() - began:.0f} s", flush=True)
         for repeat in range(args.repeats):
             for fault in selected:
-                result = run_fault(stack, fault, sessions=args.sessions)
+                result = run_fault(stack, fault, args.sessions, settings, strike_after=args.strike_after)
                 runs[fault.name].append(result)
                 counts = ", ".join(f"{n} {kind}" for kind, n in result.counts().items() if n)
                 print(f"  {repeat + 1}/{args.repeats} {fault.name}: {counts} ({result.took_s:.0f} s)", flush=True)
     load = f"{started_load:.1f} → {os.getloadavg()[0]:.1f}"
     tables = [make(runs) for make in TABLES]
+    contexts = sorted(size for results in runs.values() for r in results for size in r.contexts_at_fault())
+    if contexts:
+        span = f"{contexts[0]}" if contexts[0] == contexts[-1] else f"{contexts[0]}–{contexts[-1]}"
+        tables[0].notes.append(
+            f"{args.workers} worker(s); faults struck after {args.strike_after} reply tokens, with {span} tokens "
+            "in each conversation's context"
+        )
     tables[0].notes.append(f"load average (1 min) at the start and at the end: {load} on {os.cpu_count()} cores")
     for table in tables:
         print("\n" + table.render())

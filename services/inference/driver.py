@@ -169,6 +169,7 @@ class Driver:
                     "sessions": int(stats.get("sessions", 0)),
                     "kv_bytes": int(stats.get("kv_bytes", 0)),
                     "jobs_done": int(stats.get("jobs_done", 0)),
+                    "pid": int(stats.get("pid", 0)),
                 }
             )
         return rows

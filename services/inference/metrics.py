@@ -12,6 +12,7 @@ finish reason), ok (snapshot, restore), error (the client got an `error` event),
 from __future__ import annotations
 
 import bisect
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class Histogram:
 class WorkerStats:
     worker_id: str
     incarnation: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pid: int = field(default_factory=os.getpid)
     histograms: dict[str, Histogram] = field(
         default_factory=lambda: {name: Histogram(bounds) for name, (bounds, _) in HISTOGRAMS.items()}
     )
@@ -98,6 +100,7 @@ class WorkerStats:
         return {
             "worker_id": self.worker_id,
             "incarnation": self.incarnation,
+            "pid": self.pid,
             "histograms": {n: {"counts": list(h.counts), "sum": h.total} for n, h in self.histograms.items()},
             "generated_tokens": self.generated_tokens,
             "jobs": [[t, o, n] for (t, o), n in self.jobs.items()],

@@ -41,6 +41,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     sessions=w["sessions"],
                     kv_bytes=w["kv_bytes"],
                     jobs_done=w["jobs_done"],
+                    pid=w["pid"],
                 )
                 for w in self.view.workers()
             ],

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from haloweave.inference.v1 import inference_pb2, inference_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -69,6 +70,9 @@ async def test_the_service_serves_jobs_status_and_metrics_and_stops_on_sigterm(
     reply = status()
     assert reply.device == "cpu" and reply.dtype == "float32" and reply.tokenizer_fingerprint
     assert len(reply.workers) == 2
+    # Each worker names its own process: an actor Ray started under this service.
+    actors = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+    assert {w.pid for w in reply.workers} <= actors and len({w.pid for w in reply.workers}) == 2
 
     session = await chat.session(max_new_tokens=3)
     frames = await chat.turn(session, "Hi!")

@@ -33,14 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import psutil
 import redis as redis_sync
+from haloweave.inference.v1 import inference_pb2
+from haloweave.inference.v1.inference_pb2_grpc import InferenceStub
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from devstack.stack import Stack
 from services.common import keys
+from services.inference.affinity import owner_key
 
 Frame = dict[str, Any]
 OUTCOMES = ("completed once", "clear error", "lost", "duplicated")
@@ -60,10 +64,12 @@ WORKER_TITLE = "ray::WorkerActor"
 
 # ---- the stack ---------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def supervised_stack(workdir: Path, env: dict[str, str] | None = None, log: bool = False) -> Iterator[Stack]:
-    """The whole system (real Redis with AOF, tracker, snapshot, inference with the real model, gateway), each
-    service restarted when it exits."""
-    stack = Stack(workdir=workdir, supervise=True, env=env, log=log)
+def supervised_stack(
+    workdir: Path, env: dict[str, str] | None = None, log: bool = False, workers: int = 1
+) -> Iterator[Stack]:
+    """The whole system (real Redis with AOF, tracker, snapshot, inference with `workers` actors and the real model,
+    gateway), each service restarted when it exits."""
+    stack = Stack(workdir=workdir, supervise=True, env=env, log=log, workers=workers)
     with stack:
         yield stack
 
@@ -79,14 +85,31 @@ def worker_pids(stack: Stack) -> list[int]:
     return pids
 
 
-def target_pid(stack: Stack, target: str) -> int:
-    """`worker`: the first inference worker actor; otherwise the service's own process (the inference driver for
-    `inference`)."""
+def owner_pid(stack: Stack, session_id: str) -> int | None:
+    """The process of the worker actor that holds the session: its owner in Redis, that worker's pid from the
+    inference service's Status; None while either is not known."""
+    client = redis_sync.Redis.from_url(stack.redis_url, socket_timeout=2)
+    try:
+        owner = client.get(owner_key(session_id))
+    finally:
+        client.close()
+    if owner is None:
+        return None
+    with grpc.insecure_channel(stack.inference_addr) as channel:
+        status = InferenceStub(channel).Status(inference_pb2.StatusRequest(), timeout=5)
+    pids = {w.worker_id: w.pid for w in status.workers if w.pid}
+    return pids.get(owner.decode())
+
+
+def target_pid(stack: Stack, target: str, session_id: str = "") -> int:
+    """`worker`: the inference worker actor that holds `session_id` (the first actor when that is not known);
+    otherwise the service's own process (the inference driver for `inference`)."""
     if target == "worker":
         pids = worker_pids(stack)
         if not pids:
             raise RuntimeError("no inference worker actor is running")
-        return pids[0]
+        owner = owner_pid(stack, session_id) if session_id else None
+        return owner if owner in pids else pids[0]
     return stack.procs[target].pid
 
 
@@ -430,6 +453,19 @@ class Result:
         chosen = self.outcomes if outcomes is None else outcomes
         return {kind: sum(1 for o in chosen if o.kind == kind) for kind in OUTCOMES}
 
+    def contexts_at_fault(self) -> list[int]:
+        """Per conversation, the tokens its context held when the fault struck (largest position shown + 1)."""
+        sizes = []
+        for conversation in self.trace:
+            shown = [
+                f["position"]
+                for f in conversation["frames"]
+                if f["type"] == "token" and f["at"] <= conversation["struck_at"]
+            ]
+            if shown:
+                sizes.append(max(shown) + 1)
+        return sizes
+
     def recoveries(self) -> list[float]:
         return [o.recovery_s for o in self.outcomes if o.recovery_s is not None]
 
@@ -443,12 +479,13 @@ class Result:
         return "\n".join(lines)
 
 
-def inject(stack: Stack, fault: Fault) -> tuple[float, float | None]:
-    """Applies the fault; (when it struck, when the target served again or None when that is not known here)."""
+def inject(stack: Stack, fault: Fault, session_id: str = "") -> tuple[float, float | None]:
+    """Applies the fault (a worker fault to the worker of `session_id`); (when it struck, when the target served
+    again or None when that is not known here)."""
     if fault.action == "none":
         now = time.monotonic()
         return now, now
-    pid = target_pid(stack, fault.target)
+    pid = target_pid(stack, fault.target, session_id)
     if fault.action == "stall":
         struck = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
@@ -481,19 +518,20 @@ def run_fault(
     reply_timeout: float = 60.0,
     say: Callable[[str], None] | None = None,
     then: dict[str, Any] | None = None,
+    strike_after: int = 2,
 ) -> Result:
-    """One round: `sessions` conversations each ask; the fault strikes once every reply is under way; each reply is
-    followed to its end, then every conversation asks again (the system must serve after the fault), with the
-    settings `then` if given (a short reply is enough to show it)."""
+    """One round: `sessions` conversations each ask; the fault strikes once every reply has shown `strike_after`
+    tokens; each reply is followed to its end, then every conversation asks again (the system must serve after the
+    fault), with the settings `then` if given (a short reply is enough to show it)."""
     say = say or (lambda message: None)
     began = time.monotonic()
     conversations = [Conversation(stack, settings).open() for _ in range(sessions)]
     try:
         for index, conversation in enumerate(conversations):
             conversation.ask(PROMPTS[index % len(PROMPTS)])
-        wait_all(conversations, lambda c: c.shown_tokens() >= 2 or c.answered(), timeout=120)
+        wait_all(conversations, lambda c: c.shown_tokens() >= strike_after or c.answered(), timeout=120)
         say(f"{fault.name}: striking")
-        struck, back = inject(stack, fault)
+        struck, back = inject(stack, fault, conversations[0].session_id)
         say(f"{fault.name}: target back after {None if back is None else round(back - struck, 1)} s")
         settle(stack, conversations, reply_timeout)
         outcomes = [classify(c, c.export(), -1, struck) for c in conversations]
