@@ -42,6 +42,8 @@ class RunGuard:
     def say(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            if reporter.verbosity < 0:  # -q writes its dots with no file name, which ensure_newline looks for
+                reporter.write("\n")
             reporter.ensure_newline()
             reporter.write_line(line, yellow=True)
 
