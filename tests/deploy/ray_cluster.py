@@ -19,6 +19,9 @@ from pathlib import Path
 from devstack.procs import Proc, free_port, wait_until
 
 RAY = str(Path(sys.executable).parent / "ray")
+# `ray start` gives up when its raylet is not registered with the GCS within a fixed 30 s (ray/_private/node.py), which
+# a GCS busy on a loaded 2-core machine can exceed; the node is then started again, as a supervisor would.
+JOIN_ATTEMPTS = 3
 
 
 @dataclass
@@ -71,9 +74,16 @@ def ray_cluster(workdir: Path, worker_cpus: int) -> Iterator[RayCluster]:
         procs.append(head)
         wait_until(lambda: healthy(address, env), 90, "the Ray head", head)
         worker_argv = [RAY, "start", f"--address={address}", f"--num-cpus={worker_cpus}", "--block"]
-        worker = Proc("ray-worker", worker_argv + _node_ports(), env, workdir / "ray-worker.log")
-        procs.append(worker)
-        wait_until(lambda: cluster_cpus(address, env) == worker_cpus, 90, "the worker node to join", worker)
+        for attempt in range(1, JOIN_ATTEMPTS + 1):
+            worker = Proc("ray-worker", worker_argv + _node_ports(), env, workdir / "ray-worker.log")
+            procs.append(worker)
+            try:
+                wait_until(lambda: cluster_cpus(address, env) == worker_cpus, 90, "the worker node to join", worker)
+                break
+            except RuntimeError:  # it exited during its start-up (a node that never joins is a TimeoutError)
+                if attempt == JOIN_ATTEMPTS:
+                    raise
+                worker.stop(timeout=5)
         yield RayCluster(address, env, temp_dir)
     finally:
         for proc in reversed(procs):
