@@ -8,6 +8,13 @@ time from the fault to the first token delivered after it, or to the clear error
 round without a fault: its recovery is the gap to the next token, the floor the others are read against; the
 spread (slowest − fastest recovery of a row) and the load average say how noisy the run was.
 
+A worker fault kills the worker actor that holds the first conversation. To see a reply survive its worker the way
+the design asks (a conversation of about 200 tokens, another worker idle or not):
+
+    python -m bench.faults --only "no fault" "SIGKILL worker" --sessions 1 --strike-after 150 --max-new-tokens 220
+    python -m bench.faults --only "no fault" "SIGKILL worker" --sessions 1 --strike-after 150 --max-new-tokens 220 \
+        --workers 2
+
 The output is a list of tables (`Table`): to report something more (say, the fuzzer's counts), write a function
 that makes a `Table` from the run and add it to `TABLES` in `__main__`; it is printed and saved with the others.
 """
