@@ -1,6 +1,8 @@
 """Keeps a set of child processes running, like compose's `restart: always`: a process that exits is started again.
 
-Services start in order, each waited on through its own readiness check. Then one keeper thread per service waits for
+Services start in order, each waited on through its own readiness check; with restarts on, one whose process exits
+before it is ready (a transient failure, such as Ray giving up on a busy machine) is started again, up to
+`START_ATTEMPTS` times, with the same back-off. Then one keeper thread per service waits for
 its process to exit and starts it again with the same command and environment (so on the same ports), after an
 exponential back-off: 0.5 s, doubling to 10 s at most, back to 0.5 s once a run has stayed up for 30 s. Every exit and
 every return is said on the console and kept in `history`. Only `stop()` ends it: every process, in reverse order.
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from types import FrameType
 
 from devstack.procs import Proc, wait_until
+
+START_ATTEMPTS = 3  # per service at start-up, when restarts are on; a service that never gets ready is not retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,7 @@ class Supervisor:
         try:
             for service in self.services:
                 started = time.monotonic()
-                proc = self._launch(service)
+                proc = self._first_launch(service)
                 self.say(f"{service.name:<9} ready in {time.monotonic() - started:4.1f} s (pid {proc.pid})")
         except BaseException:
             self.stop()
@@ -131,6 +135,24 @@ class Supervisor:
         raise TimeoutError(f"{name} was not back within {timeout:.0f} s")
 
     # ---- one service ----------------------------------------------------------------------------------------------
+    def _first_launch(self, service: Service) -> Proc:
+        attempts = START_ATTEMPTS if self.restart else 1
+        for attempt in range(1, attempts):
+            try:
+                return self._launch(service)
+            except RuntimeError as error:  # its process exited before it was ready (wait_until says so)
+                if self._stopping.is_set():
+                    raise
+                self.procs[service.name].stop()
+                delay = self.backoff.delay(attempt)
+                self.say(
+                    f"{service.name} exited during its start ({str(error).splitlines()[0]}); "
+                    f"starting it again in {delay:g} s (attempt {attempt + 1} of {attempts})"
+                )
+                self.say(self.procs[service.name].tail(5))
+                time.sleep(delay)
+        return self._launch(service)
+
     def _launch(self, service: Service) -> Proc:
         with self._lock:
             if self._stopping.is_set():

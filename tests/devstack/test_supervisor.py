@@ -21,10 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICK = Backoff(first_s=0.1, cap_s=0.4, reset_after_s=30)
 
 
-def child(tmp_path: Path, name: str, code: str) -> Service:
-    """A service whose process runs `code`; ready once it has written its pid to `<name>.pid`."""
+def child(tmp_path: Path, name: str, code: str, before_ready: str = "") -> Service:
+    """A service whose process runs `before_ready`, writes its pid to `<name>.pid` (which makes it ready), then runs
+    `code`."""
     pid_file = tmp_path / f"{name}.pid"
-    script = f"import os, pathlib, sys, time\npathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n{code}"
+    ready = f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))"
+    script = f"import os, pathlib, sys, time\n{before_ready}{ready}\n{code}"
 
     def spawn() -> Proc:
         pid_file.unlink(missing_ok=True)
@@ -168,3 +170,37 @@ def test_sigterm_stops_everything(tmp_path: Path) -> None:
         if program.poll() is None:
             os.killpg(program.pid, signal.SIGKILL)
             program.wait()
+
+
+def first_start_fails(tmp_path: Path, name: str) -> Service:
+    """A service whose first process exits before it is ready; the ones after it serve."""
+    marker = tmp_path / f"{name}.failed-once"
+    before_ready = (
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "if not marker.exists():\n"
+        "    marker.write_text('1')\n"
+        "    print('giving up during start-up', flush=True)\n"
+        "    sys.exit(1)\n"
+    )
+    return child(tmp_path, name, "time.sleep(60)", before_ready)
+
+
+def test_a_service_that_exits_during_its_first_start_is_started_again(tmp_path: Path) -> None:
+    said: list[str] = []
+    supervisor = Supervisor([first_start_fails(tmp_path, "flaky")], backoff=QUICK, say=said.append)
+    supervisor.start()
+    try:
+        assert supervisor.procs["flaky"].alive()
+        retried = [line for line in said if line.startswith("flaky exited during its start")]
+        assert len(retried) == 1 and retried[0].endswith("starting it again in 0.1 s (attempt 2 of 3)")
+        assert any("giving up during start-up" in line for line in said)  # its last words are shown
+        assert any(line.startswith("flaky     ready in") for line in said)
+    finally:
+        supervisor.stop()
+
+
+def test_without_restarts_a_failed_first_start_fails_at_once(tmp_path: Path) -> None:
+    supervisor = Supervisor([first_start_fails(tmp_path, "flaky")], restart=False, backoff=QUICK)
+    with pytest.raises(RuntimeError, match="flaky exited with 1"):
+        supervisor.start()
+    assert not supervisor.procs
