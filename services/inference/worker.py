@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common import tasks
 from services.common.errors import AlreadyExists, Busy, HaloWeaveError, NotFound, Unavailable
 from services.inference import engine_thread
 from services.inference.affinity import Affinity
@@ -129,11 +130,7 @@ class Worker:
                 await asyncio.wait(set(self._tasks))
         finally:
             halt.set()
-            for task in (beat, steps, *self._tasks):
-                task.cancel()
-            for task in (beat, steps, *self._tasks):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tasks.end([beat, steps, *self._tasks])
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

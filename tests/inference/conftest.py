@@ -20,7 +20,7 @@ from haloweave.tracker.v1 import tracker_pb2, tracker_pb2_grpc
 from redis.asyncio import Redis
 
 from devstack.procs import Proc, free_port, python_module, wait_until
-from services.common import events, grpc_server, keys, settings_wire
+from services.common import events, grpc_server, keys, settings_wire, tasks
 from services.inference.engine import Engine, EngineConfig
 from services.inference.jobs import done_key
 from services.inference.scheduler import Limits
@@ -170,6 +170,11 @@ class RunningWorker:
         self.worker = worker
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(worker.run(self.stop))
+
+    async def kill(self) -> None:
+        """As if its process died mid-job: its tasks end (cancelled again until they do: a cancellation can be lost
+        in a library's time-out), no job is failed or completed, its lock and pending entries stay behind."""
+        await tasks.end([self.task])
 
     async def shutdown(self) -> None:
         self.stop.set()

@@ -32,7 +32,7 @@ from .conftest import Chat, RunningWorker, grpc_serving, worker_settings
 pytestmark = pytest.mark.slow
 
 PROMPT = "Tell me a long story about a lighthouse keeper and his cat."
-TOKENS = 28
+TOKENS = 48  # long enough that a reply struck at its 8th token is still running when its worker is gone
 
 
 def reply_tokens(frames: list[dict[str, Any]]) -> list[int]:
@@ -78,9 +78,7 @@ async def test_a_reply_continues_on_another_worker_when_its_worker_dies(
     expected = await reference(chat)
     session, job_id = await started(chat)
     # It dies: no Fail, no completion; its lock and its pending entry stay behind.
-    first.task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await first.task
+    await first.kill()
     # What the driver does when Ray reports the actor dead.
     released = await release_dead(chat.redis, "w-dies", first.worker.stats.incarnation, idle_ms=10_001)
     await chat.redis.delete(alive_key("w-dies"))
@@ -96,9 +94,7 @@ async def test_a_restarted_incarnation_takes_its_own_job_back_at_once(chat: Chat
     first = await start_worker("w-restarts", claim_idle_ms=60_000)
     expected = await reference(chat)
     session, job_id = await started(chat)
-    first.task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await first.task
+    await first.kill()
     await first.worker.close()
     await start_worker("w-restarts", claim_idle_ms=60_000)
     assert await asyncio.wait_for(chat.job_done(job_id), 60) == "length"  # far sooner than the 60 s claim time
