@@ -21,6 +21,7 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+import pytest_timeout
 
 SLOW_S = 20.0
 DEFAULT_GRACE_S = 60.0
@@ -47,16 +48,10 @@ class RunGuard:
             reporter.ensure_newline()
             reporter.write_line(line, yellow=True)
 
-    def per_test_limit(self, item: pytest.Item) -> float | None:
-        marker = item.get_closest_marker("timeout")
-        if marker is not None and marker.args:
-            return float(marker.args[0])
-        limit = self.config.getini("timeout")
-        return float(limit) if limit else None
-
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, Any, None]:
-        limit = self.per_test_limit(item)
+        # pytest-timeout's own reading of the limit (marker, --timeout, PYTEST_TIMEOUT, ini), so the two never differ.
+        limit = pytest_timeout._get_item_settings(item).timeout
         watchdog = None
         if limit:
             watchdog = threading.Timer(limit + self.grace_s, self.hung, args=(item.nodeid, limit))

@@ -14,7 +14,7 @@ CONFTEST = "from tests.support import run_guard\n\n\ndef pytest_configure(config
 def run_pytest(folder: Path, tests: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     (folder / "conftest.py").write_text(CONFTEST)
     (folder / "test_guarded.py").write_text(tests)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "timeout=1", "--rootdir", str(folder)]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--timeout=1", "--rootdir", str(folder)]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run(
         [*command, str(folder)], cwd=folder, env=environment, capture_output=True, text=True, timeout=120
