@@ -150,7 +150,8 @@ class Supervisor:
                     f"starting it again in {delay:g} s (attempt {attempt + 1} of {attempts})"
                 )
                 self.say(self.procs[service.name].tail(5))
-                time.sleep(delay)
+                if self._stopping.wait(delay):  # stopped meanwhile: _launch below refuses to start it
+                    break
         return self._launch(service)
 
     def _launch(self, service: Service) -> Proc:
