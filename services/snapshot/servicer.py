@@ -18,6 +18,7 @@ from services.common.errors import InvalidArgument
 from services.common.grpc_server import handle_errors, handle_stream_errors
 from services.common.tensor_chunks import Assembler, tensor_chunks
 from services.snapshot import metrics
+from services.snapshot.saving import SaveSession
 from services.snapshot.store import SnapshotStore
 from services.snapshot.tensors import Header, Info, Loaded, numpy_dtype
 
@@ -72,6 +73,11 @@ def load_stream(loaded: Loaded, chunk_bytes: int = CHUNK_BYTES) -> Iterator[snap
             yield snapshot_pb2.LoadResponse(chunk=chunk)
 
 
+def _abort_claimed(claiming: asyncio.Future[SaveSession]) -> None:
+    if not claiming.cancelled() and claiming.exception() is None:
+        claiming.result().abort()
+
+
 class SnapshotServicer(snapshot_pb2_grpc.SnapshotServicer):
     def __init__(self, store: SnapshotStore) -> None:
         self.store = store
@@ -95,7 +101,7 @@ class SnapshotServicer(snapshot_pb2_grpc.SnapshotServicer):
         first = await anext(requests, None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument("a Save stream starts with its header")
-        session = await asyncio.to_thread(self.store.begin, header_from_pb(first.header))
+        session = await self._begin(header_from_pb(first.header))
         assembler = Assembler(InvalidArgument, numpy_dtype)
         try:
             async for request in requests:
@@ -110,6 +116,17 @@ class SnapshotServicer(snapshot_pb2_grpc.SnapshotServicer):
         except BaseException:
             # Cancelled, refused or crashed: remove what was written (synchronously: a cancelled task cannot await).
             session.abort()
+            raise
+
+    async def _begin(self, header: Header) -> SaveSession:
+        """Claims the save's folder in a thread. A cancel that arrives while the claim is under way (or after it is
+        done but before this coroutine resumes) would lose the session, and its claimed folder with it; so the claim
+        runs shielded, and a cancelled caller leaves the session to be aborted as soon as the claim ends."""
+        claiming = asyncio.ensure_future(asyncio.to_thread(self.store.begin, header))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            claiming.add_done_callback(_abort_claimed)
             raise
 
     @handle_stream_errors
