@@ -32,13 +32,15 @@ class Gateway:
     proc: Proc
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gateway_redis_url(redis_server: tuple[Proc, str]) -> str:
     return redis_server[1].rsplit("/", 1)[0] + f"/{GATEWAY_DB}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tracker_addr(gateway_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One tracker for every gateway module (as tests/inference has): what it keeps of a session is in Redis, its
+    in-memory copy is of sessions only their own test knows, and its start (~3 s) is paid once, not per module."""
     stack = Stack(tmp_path_factory.mktemp("tracker"), services=("tracker",), redis_url_override=gateway_redis_url)
     with stack:
         yield stack.tracker_addr
