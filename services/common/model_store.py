@@ -50,6 +50,11 @@ def default_model_path() -> Path:
     return cache_dir() / "smollm2-135m-instruct"
 
 
+def display_name(path: Path) -> str:
+    """What a model directory is called in status and snapshots: the embedded default by its own name."""
+    return DEFAULT_MODEL_NAME if path.resolve() == default_model_path().resolve() else path.name
+
+
 def model_path() -> Path:
     """The model to serve: HALOWEAVE_MODEL_PATH (any local transformers causal LM) or the embedded default."""
     return ModelSettings().model_path or default_model_path()

@@ -25,7 +25,7 @@ from typing import Any
 
 from haloweave.tracker.v1 import tracker_pb2
 
-from services.common.errors import Aborted, AlreadyExists, HaloWeaveError, InvalidArgument, Overloaded, Unavailable
+from services.common.errors import Aborted, AlreadyExists, HaloWeaveError, Overloaded, Unavailable
 from services.inference import engine_thread
 from services.inference.conversation import Conversation, ReplyStats
 from services.inference.engine import BatchEntry, Engine, StepOutput
@@ -129,12 +129,13 @@ class Batcher:
     # ---- run --------------------------------------------------------------------------------------------------
 
     def _checked(self, scheduled: list[tuple[Conversation, BatchEntry]]) -> list[tuple[Conversation, BatchEntry]]:
-        """Entries the engine would refuse fail their own conversation before the forward, not the whole batch."""
+        """Entries the engine would refuse (bad input, or something this engine does not offer) fail their own
+        conversation before the forward, not the whole batch."""
         runnable = []
         for conversation, entry in scheduled:
             try:
                 self.engine.check(entry)
-            except InvalidArgument as error:
+            except HaloWeaveError as error:
                 self._fail(conversation, error)
                 continue
             runnable.append((conversation, entry))

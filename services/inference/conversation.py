@@ -192,13 +192,25 @@ class Conversation:
         self.context_pending -= self.last_prefill
         last = not self.pending_ids
         probe = self.recall.probe(self.cache, positions) if last and self.step == 0 else ()
-        return BatchEntry(self.cache, ids, positions, capture=self.mode if last else None, logits=last, probe=probe)
+        return BatchEntry(
+            self.cache,
+            ids,
+            positions,
+            capture=self.mode if last else None,
+            logits=last,
+            probe=probe,
+            sampling=self.params,
+        )
 
     # ---- one step's postprocessing -----------------------------------------------------------------------------------
 
     def sample(self, out: StepOutput) -> tracker_pb2.Frame:
         """Samples this step's token from the forward's output; returns the Frame that reports it."""
-        self.token = self.sampler.sample(out.logits, self.step)
+        if out.token is not None:  # an engine that samples in its own step (vLLM) chose it already
+            self.token = out.token
+        else:
+            assert out.logits is not None
+            self.token = self.sampler.sample(out.logits, self.step)
         self.stats.token()
         frame = tracker_pb2.Frame(step=self.step, token_id=self.token, worker_seconds=out.seconds)
         if out.full is not None:

@@ -63,4 +63,3 @@ def test_a_cancel_while_the_folder_is_claimed_removes_the_folder(file_store: Sna
     asyncio.run(scenario())
     assert folders(store) == []
     assert store._active == set()
-

@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .capture import CaptureSink
 from .kv_cache import SessionCache
+from .sampling import SamplingParams
 
 
 @dataclass(slots=True)
@@ -31,6 +32,8 @@ class BatchEntry:
     logits: bool = True  # the last token's logits (False for a prefill chunk that is not a prompt's last)
     # Recall: indices among `token_ids` whose queries every layer keeps (needs `capture`; engine/recall.py).
     probe: tuple[int, ...] = ()
+    # The reply's sampling settings, for an engine that samples inside its own step (vLLM); this engine ignores them.
+    sampling: SamplingParams | None = None
 
 
 class Batch:

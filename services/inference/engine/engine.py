@@ -22,18 +22,20 @@ from .batch import Batch, BatchCache, BatchEntry
 from .capture import CaptureSink, check_mode
 from .cold import ColdChunk
 from .config import EngineConfig
-from .errors import EngineInputError
+from .errors import EngineInputError, check_tokens
 from .kv_cache import SessionCache
+from .sampling import eos_ids
 from .transfer import export_arrays, import_arrays
 
 
 @dataclass
 class StepOutput:
-    logits: torch.Tensor  # [vocab] float32 on CPU, for the last input token
+    logits: torch.Tensor | None  # [vocab] float32 on CPU, for the last input token; None where the engine samples
     attention: np.ndarray | None  # float32 [ctx] over cache slots incl. the last input token; None if capture off
     full: np.ndarray | None  # float16 [layers, heads, ctx] when the mode is "full"
     seconds: float  # forward + capture
     probe: Probe | None = None  # the probed queries of every layer, when the entry asked for a recall probe
+    token: int | None = None  # the token the engine sampled itself (vLLM's sampler), or None: sample `logits`
 
 
 @dataclass
@@ -69,7 +71,11 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(path))
         text = model.config.get_text_config(decoder=True)
-        self.model_name = _model_name(model, None if injected else path)
+        self.model_name = (
+            str(getattr(model.config, "_name_or_path", "") or "unnamed model")
+            if injected
+            else model_store.display_name(path)
+        )
         self.num_layers = int(text.num_hidden_layers)
         self.num_heads = int(text.num_attention_heads)
         self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
@@ -81,7 +87,7 @@ class Engine:
         self.kv_bytes_per_token = self.num_layers * 2 * self.num_kv_heads * self.head_dim * itemsize
         self.device = config.device
         self.tokenizer_fingerprint = model_store.tokenizer_fingerprint(path) if path.exists() else ""
-        self.eos_token_ids = _eos_ids(model, self.tokenizer)
+        self.eos_token_ids = eos_ids(getattr(model, "generation_config", None), self.tokenizer)
         self._device = torch.device(config.device)
 
     # ---- caches -------------------------------------------------------------------------------------------------
@@ -146,7 +152,7 @@ class Engine:
         """Keys and values for pruned tokens the cold tier no longer holds, from their ids at their own positions:
         one forward of them (ascending) over a copy of the hot slots before the first. Approximate where tokens
         between them were pruned or later: they are not in that context."""
-        self._check_tokens(token_ids, positions, after=-1)
+        check_tokens(token_ids, positions, -1, self.vocab_size)
         start = int(np.searchsorted(np.asarray(cache.positions, dtype=np.int64), positions[0]))
         scratch = self.new_cache()
         with torch.inference_mode():
@@ -172,7 +178,7 @@ class Engine:
 
     def rebuild(self, cache: SessionCache, token_ids: list[int], positions: list[int]) -> None:
         """Reprefill mode: forgets the cache and prefills the surviving tokens at their own positions."""
-        self._check_tokens(token_ids, positions, after=-1)
+        check_tokens(token_ids, positions, -1, self.vocab_size)
         fresh = self.new_cache()
         if token_ids:
             self.prefill(fresh, token_ids, positions, capture=None)
@@ -209,7 +215,7 @@ class Engine:
         check_mode(entry.capture)
         if entry.probe and (entry.capture is None or not all(0 <= i < len(entry.token_ids) for i in entry.probe)):
             raise EngineInputError("forward: a probe needs capture on and indices among the entry's tokens")
-        self._check_tokens(entry.token_ids, entry.positions, after=entry.cache.next_position - 1)
+        check_tokens(entry.token_ids, entry.positions, entry.cache.next_position - 1, self.vocab_size)
 
     def forward(self, entries: list[BatchEntry]) -> list[StepOutput | None]:
         """One forward over every entry (packed, each attending to its own cache). Returns, per entry, its last
@@ -261,35 +267,3 @@ class Engine:
             entry.cache.positions.extend(entry.positions)
             entry.cache.token_ids.extend(entry.token_ids)
         return results
-
-    def _check_tokens(self, token_ids: list[int], positions: list[int], after: int) -> None:
-        if len(token_ids) != len(positions):
-            raise EngineInputError(f"{len(token_ids)} token ids but {len(positions)} positions")
-        previous = after
-        for p in positions:
-            if p <= previous:
-                raise EngineInputError(f"positions must ascend past {after}: got {p} after {previous}")
-            previous = p
-        for t in token_ids:
-            if not 0 <= t < self.vocab_size:
-                raise EngineInputError(f"token id {t} is outside the vocabulary [0, {self.vocab_size})")
-
-
-def _model_name(model: PreTrainedModel, path: Path | None) -> str:
-    if path is not None and path.resolve() == model_store.default_model_path().resolve():
-        return model_store.DEFAULT_MODEL_NAME
-    if path is not None:
-        return path.name
-    return str(getattr(model.config, "_name_or_path", "") or "unnamed model")
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    for value in eos if isinstance(eos, list) else [eos]:
-        if value is not None:
-            ids.add(int(value))
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(ids)

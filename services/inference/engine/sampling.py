@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -63,3 +64,15 @@ def stop_reached(text_so_far: str, stop: list[str]) -> str | None:
         if at >= 0 and (best is None or (at, -len(s)) < (best[0], best[1])):
             best = (at, -len(s), s)
     return best[2] if best is not None else None
+
+
+def eos_ids(generation_config: Any, tokenizer: Any) -> frozenset[int]:
+    """The tokens that end a reply: the generation config's EOS (one id or a list) and the tokenizer's."""
+    ids: set[int] = set()
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    for value in eos if isinstance(eos, list) else [eos]:
+        if value is not None:
+            ids.add(int(value))
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
