@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run"], nargs="?", default="run")
     parser.add_argument("--workers", type=int, default=1, help="inference worker actors (default 1)")
     parser.add_argument("--port", type=int, default=8000, help="gateway port (default 8000, or a free one if taken)")
+    parser.add_argument(
+        "--engine",
+        choices=["native", "vllm"],
+        default="native",
+        help="the workers' engine (default native; vllm: docs/vllm.md, needs `make setup-vllm`)",
+    )
     parser.add_argument("--snapshot-url", default=None, help="file:///dir (default: .state/run/snapshots) or s3://…")
     args = parser.parse_args(argv)
 
@@ -47,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = default_workdir()
     print(f"Starting Halo Weave (state in {workdir}, logs in {workdir / 'logs'})", flush=True)
     stack = Stack(
-        workdir=workdir, workers=args.workers, snapshot_url=args.snapshot_url, ports=ports, log=True, supervise=True
+        workdir=workdir,
+        workers=args.workers,
+        snapshot_url=args.snapshot_url,
+        ports=ports,
+        log=True,
+        supervise=True,
+        engine=args.engine,
     )
 
     sigterm_as_interrupt()

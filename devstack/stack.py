@@ -19,6 +19,7 @@ from pydantic import Field
 
 from devstack.procs import Proc, free_port, python_module, redis_argv, redis_ping, wait_until
 from devstack.supervisor import Service, Supervisor
+from devstack.vllm_env import vllm_python
 from services.common.config import EnvSettings
 from services.common.grpc_server import check_health
 
@@ -71,6 +72,7 @@ class Stack:
     log: bool = False  # print progress lines (make run)
     supervise: bool = False
     supervisor: Supervisor | None = None
+    engine: str = "native"  # the inference workers' engine; `vllm` runs the service in the vLLM environment
 
     # ---- addresses ------------------------------------------------------------------------------------------------
     @property
@@ -127,6 +129,7 @@ class Stack:
             # Ray keeps its session files here rather than in /tmp/ray, so parallel stacks never share one.
             "RAY_TMPDIR": str(self.workdir / "ray"),
             "PYTHONUNBUFFERED": "1",
+            "HALOWEAVE_ENGINE": self.engine,
             **(self.env or {}),
         }
 
@@ -158,7 +161,8 @@ class Stack:
         env = self.service_env()
         for name in SERVICES:
             if name in self.services:
-                argv = python_module(f"services.{name}")
+                python = vllm_python() if name == "inference" and self.engine == "vllm" else None
+                argv = [python, "-m", f"services.{name}"] if python else python_module(f"services.{name}")
                 spawn = functools.partial(Proc, name, argv, env, logs / f"{name}.log")
                 services.append(Service(name, spawn, checks[name], START_TIMEOUTS[name]))
         return services

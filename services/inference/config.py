@@ -52,6 +52,19 @@ class InferenceConfig(config.EnvSettings):
     dtype: Dtype = Field(
         default="float32", validation_alias="HALOWEAVE_DTYPE", description="Precision of the model weights."
     )
+    engine: Literal["native", "vllm"] = Field(
+        default="native",
+        validation_alias="HALOWEAVE_ENGINE",
+        description="`native` (in-place KV eviction, snapshots, recall) or `vllm` (vLLM's batching and kernels, with"
+        " attention capture; pruning re-prefills; no snapshots or recall: docs/vllm.md). `vllm` runs in its own"
+        " environment, `.venv-vllm`.",
+    )
+    vllm_max_model_len: int = Field(
+        default=8192,
+        validation_alias="HALOWEAVE_VLLM_MAX_MODEL_LEN",
+        ge=64,
+        description="Tokens of context a conversation may reach on the vLLM engine (vLLM sizes its buffers by it).",
+    )
     # Stable worker names: a worker restarted by Ray keeps its name, so it finds its own forwarded jobs again.
     worker_prefix: str = Field(
         default_factory=socket.gethostname,

@@ -27,6 +27,7 @@ from services.inference.actor import WorkerActor
 from services.inference.config import InferenceConfig
 from services.inference.engine import Engine, EngineConfig
 from services.inference.metrics import StatsCollector
+from services.inference.scheduler import Limits
 from services.inference.worker import FORGET_WAIT_S, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,21 @@ POLL_TIMEOUT_S = 5.0
 FORGET_TIMEOUT_S = FORGET_WAIT_S + 10
 
 
-def build_engine(config: EngineConfig) -> Engine:
+def build_engine(
+    config: EngineConfig, kind: str = "native", limits: Limits | None = None, max_model_len: int = 0
+) -> Engine:
+    """The worker's engine. `vllm` is imported only here: it lives in its own environment (docs/vllm.md)."""
+    if kind == "vllm":
+        from services.inference.engine_vllm import VllmEngine, VllmOptions
+
+        limits = limits or Limits()
+        options = VllmOptions(
+            max_running=limits.max_running,
+            max_model_len=max_model_len or VllmOptions().max_model_len,
+            kv_cache_bytes=limits.kv_budget_bytes,
+            max_step_tokens=limits.max_step_tokens,
+        )
+        return VllmEngine(config, options)  # type: ignore[return-value]  # the same interface, duck-typed
     return Engine(config)
 
 
@@ -78,7 +93,10 @@ class Driver:
                 claim_idle_ms=self.config.claim_idle_ms,
                 limits=self.config.limits,
             )
-            self.actors[worker_id] = remote.remote(settings, functools.partial(build_engine, engine_config))
+            factory = functools.partial(
+                build_engine, engine_config, self.config.engine, self.config.limits, self.config.vllm_max_model_len
+            )
+            self.actors[worker_id] = remote.remote(settings, factory)
 
     async def poll(self, redis: Redis | None = None) -> bool:
         """Asks every actor for its stats; True when at least one has its engine loaded and serves. An actor Ray

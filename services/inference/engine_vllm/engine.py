@@ -53,7 +53,7 @@ from services.inference.engine import (
 from services.inference.engine.capture import check_mode
 from services.inference.engine.cold import ColdChunk
 from services.inference.engine.errors import check_tokens
-from services.inference.engine.sampling import eos_ids
+from services.inference.engine.sampling import STEP_STRIDE, eos_ids
 
 from .capture import Capture, CaptureUnsupported, Wanted
 
@@ -325,7 +325,9 @@ class VllmEngine:
         sampling = VllmSamplingParams(
             temperature=params.temperature,
             top_p=params.top_p,
-            seed=params.seed if params.temperature > 0 else None,
+            # A new request restarts vLLM's generator: seeded by where it starts, a pruned reply draws on rather than
+            # repeating its first draws, and the same reply pruned the same way draws the same tokens.
+            seed=(params.seed * STEP_STRIDE + len(token_ids)) % (1 << 63) if params.temperature > 0 else None,
             max_tokens=max_tokens or max(1, room),
             ignore_eos=True,  # the conversation decides when the reply ends (EOS, stop strings, max_new_tokens)
             detokenize=False,
