@@ -84,13 +84,15 @@ class CaptureSink:
 
 
 def reduce(stacked: torch.Tensor, mode: str) -> torch.Tensor:
-    """[layers, heads, ctx] probabilities → the float32 [ctx] vector of `mode` (`full`'s vector view is the mean)."""
+    """[..., layers, heads, ctx] probabilities → the float32 [..., ctx] vector of `mode` (`full`'s vector view is the
+    mean); leading dimensions are independent rows (a batch of requests)."""
     if mode in ("mean", "full"):
-        return stacked.mean(dim=(0, 1))
+        return stacked.mean(dim=(-3, -2))
     if mode == "max":
-        return stacked.amax(dim=(0, 1))
+        return stacked.amax(dim=(-3, -2))
     if mode == "last_layer":
-        return stacked[-1].mean(dim=0)
+        return stacked[..., -1, :, :].mean(dim=-2)
     # weighted_layers: layer l weighted by (l+1) / sum(1..L), after the mean over heads.
-    weights = torch.arange(1, stacked.shape[0] + 1, dtype=torch.float32, device=stacked.device)
-    return (stacked.mean(dim=1) * (weights / weights.sum())[:, None]).sum(dim=0)
+    layers = stacked.shape[-3]
+    weights = torch.arange(1, layers + 1, dtype=torch.float32, device=stacked.device)
+    return (stacked.mean(dim=-2) * (weights / weights.sum())[:, None]).sum(dim=-2)

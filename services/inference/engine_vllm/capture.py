@@ -2,9 +2,11 @@
 
 The hook sees what vLLM's attention sees: the batch's queries after RoPE, the forward context's metadata
 (`query_start_loc`, `seq_lens`, `block_table`) and the layer's paged KV cache, which by then holds the step's new keys.
-For each request that asked for a row, it takes the request's last query of the step, reads the request's keys back
-from its blocks and computes softmax(q·Kᵀ·scale) per query head (KV heads repeated for GQA): the same row the native
-engine's attention function hands its `CaptureSink`, which aggregates it on the model's device as there.
+For the requests that asked for a row it takes each one's last query of the step, reads their keys back from their
+blocks (padded to the longest, masked beyond each one's length) and computes softmax(q·Kᵀ·scale) per query head (KV
+heads shared by their group, as GQA does): one gather, one matmul and one softmax per layer for the whole batch. The
+rows are the native engine's; after the last layer they are reduced in each request's mode on the model's device
+(`engine.capture.reduce`) and only the reduced vectors cross to the host.
 
 Reading keys back needs the cache's memory layout, which is the attention backend's (and, on CPUs, the kernel ISA's)
 private business. `KEY_LAYOUTS` names the ones known here; `check_layout` proves the one in use at start-up by
@@ -22,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.inference.engine.capture import CaptureSink
+from services.inference.engine.capture import reduce
 
-# (backend impl class name, isa) → reads keys [kv_heads, n_blocks * block_size, head_dim] of the listed blocks.
+# Reads the keys of the listed blocks [requests, n] as [requests, kv_heads, head_dim, n * block_size]: transposed,
+# which is how q·Kᵀ wants them (and how vLLM's CPU kernels store them).
 KeyReader = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -32,9 +35,10 @@ def _cpu_vec_keys(kv_cache: torch.Tensor, blocks: torch.Tensor, head_dim: int) -
     """vLLM's CPU kernels (ISA `vec`, `vec16`): [blocks, kv_heads, block_size, 2·head_dim], where each block and head
     holds its keys transposed ([head_dim, block_size]) followed by its values ([block_size, head_dim])."""
     _, kv_heads, block_size, _ = kv_cache.shape
-    raw = kv_cache.index_select(0, blocks).reshape(len(blocks), kv_heads, 2 * block_size * head_dim)
-    keys_t = raw[:, :, : block_size * head_dim].reshape(len(blocks), kv_heads, head_dim, block_size)
-    return keys_t.permute(1, 0, 3, 2).reshape(kv_heads, len(blocks) * block_size, head_dim)
+    r, n = blocks.shape
+    raw = kv_cache.index_select(0, blocks.reshape(-1)).reshape(r, n, kv_heads, 2 * block_size * head_dim)
+    keys_t = raw[..., : block_size * head_dim].reshape(r, n, kv_heads, head_dim, block_size)
+    return keys_t.permute(0, 2, 3, 1, 4).reshape(r, kv_heads, head_dim, n * block_size)
 
 
 KEY_LAYOUTS: dict[tuple[str, str], KeyReader] = {
@@ -63,6 +67,19 @@ class Wanted:
         for stale in [n for n in self.rows if n < length]:
             del self.rows[stale]
         return row
+
+
+@dataclass
+class Step:
+    """One forward's capturing requests: ids, context lengths, last-query rows, blocks [R, n], the padding mask
+    [R, 1, n·block_size], and each layer's probabilities [R, heads, n·block_size] as the layers run."""
+
+    ids: list[str]
+    lengths: list[int]
+    last: torch.Tensor
+    blocks: torch.Tensor
+    beyond: torch.Tensor
+    layers: list[torch.Tensor] = field(default_factory=list)
 
 
 class Capture:
@@ -102,7 +119,7 @@ class Capture:
                     raise CaptureUnsupported(f"attention capture does not compute rows with {why} yet")
         self.read_keys = reader
         self.scale = float(first.impl.scale)
-        self._step: list[tuple[int, str, CaptureSink]] = []
+        self._step: Step | None = None
         self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
 
     def close(self) -> None:
@@ -130,44 +147,62 @@ class Capture:
         if self.check is not None:
             self.check.append(self._mismatch(kv_cache, key, metadata))
         if index == 0:
-            self._begin(metadata)
-        if not self._step:
+            self._step = self._begin(metadata, int(kv_cache.shape[2]))
+        step = self._step
+        if step is None:
             return
-        starts = metadata.query_start_loc
-        block_size = int(kv_cache.shape[2])
-        group = self.num_heads // int(kv_cache.shape[1])
-        for row, _, sink in self._step:
-            length = int(metadata.seq_lens[row])
-            last = int(starts[row + 1]) - 1
-            q = query[last].reshape(-1, group, self.head_dim).float()  # [kv_heads, group, head_dim]
-            blocks = metadata.block_table[row, : math.ceil(length / block_size)]
-            keys = self.read_keys(kv_cache, blocks, self.head_dim)[:, :length].float()  # [kv_heads, L, head_dim]
-            scores = torch.matmul(q, keys.transpose(1, 2)).reshape(self.num_heads, length) * self.scale
-            sink.add(index, torch.softmax(scores, dim=-1))
+        # Every capturing request at once: its last query of the step against its keys, padded to the longest.
+        kv_heads = int(kv_cache.shape[1])
+        q = query.index_select(0, step.last).reshape(len(step.ids), kv_heads, -1, self.head_dim).float()
+        keys_t = self.read_keys(kv_cache, step.blocks, self.head_dim).float()  # [R, kv_heads, head_dim, N]
+        scores = torch.matmul(q, keys_t).reshape(len(step.ids), self.num_heads, -1) * self.scale
+        step.layers.append(torch.softmax(scores.masked_fill_(step.beyond, float("-inf")), dim=-1))
         if index == len(self.layers) - 1:
-            for _, request_id, sink in self._step:
-                self.wanted[request_id].rows[sink.ctx] = sink.result()
-            self._step = []
+            self._finish(step)
+            self._step = None
 
-    def _begin(self, metadata: Any) -> None:
-        """At the first layer: which rows of this batch capture, each with a fresh sink."""
-        self._step = []
-        device = metadata.seq_lens.device
+    def _begin(self, metadata: Any, block_size: int) -> Step | None:
+        """At the first layer: the rows of this batch that capture, their last queries, lengths and blocks."""
+        rows, ids = [], []
         for row, request_id in enumerate(self.batch_ids()):
-            wanted = self.wanted.get(request_id)
-            if wanted is not None:
-                length = int(metadata.seq_lens[row])
-                sink = CaptureSink(wanted.mode, len(self.layers), self.num_heads, length, device)
-                self._step.append((row, request_id, sink))
+            if request_id in self.wanted:
+                rows.append(row)
+                ids.append(request_id)
+        if not rows:
+            return None
+        device = metadata.seq_lens.device
+        index = torch.tensor(rows, dtype=torch.long, device=device)
+        lengths = metadata.seq_lens.index_select(0, index).long()
+        longest = int(lengths.max())
+        blocks = metadata.block_table.index_select(0, index)[:, : math.ceil(longest / block_size)].long()
+        span = blocks.shape[1] * block_size
+        beyond = torch.arange(span, device=device)[None, None, :] >= lengths[:, None, None]
+        last = metadata.query_start_loc.index_select(0, index + 1).long() - 1
+        return Step(ids, [int(n) for n in lengths.tolist()], last, blocks, beyond)
+
+    def _finish(self, step: Step) -> None:
+        """After the last layer: each request's rows reduced in its mode, on the device, then to the host."""
+        stacked = torch.stack(step.layers, dim=1)  # [R, layers, heads, N]
+        modes: dict[str, list[int]] = {}
+        for i, request_id in enumerate(step.ids):
+            modes.setdefault(self.wanted[request_id].mode, []).append(i)
+        for mode, members in modes.items():
+            index = torch.tensor(members, dtype=torch.long, device=stacked.device)
+            chosen = stacked.index_select(0, index)
+            vectors = reduce(chosen, mode).cpu().numpy()
+            full = chosen.to(torch.float16).cpu().numpy() if mode == "full" else None
+            for j, i in enumerate(members):
+                n = step.lengths[i]
+                self.wanted[step.ids[i]].rows[n] = (vectors[j, :n], full[j, :, :, :n] if full is not None else None)
 
     def _mismatch(self, kv_cache: torch.Tensor, key: torch.Tensor, metadata: Any) -> float:
         """The largest difference between the keys given to the layer and those read back at their slots."""
         slots = metadata.slot_mapping[: metadata.num_actual_tokens]
         block_size = int(kv_cache.shape[2])
         blocks = torch.unique(torch.div(slots, block_size, rounding_mode="floor"))
-        keys = self.read_keys(kv_cache, blocks, self.head_dim)  # [kv_heads, n * block_size, head_dim]
+        keys_t = self.read_keys(kv_cache, blocks[None], self.head_dim)[0]  # [kv_heads, head_dim, n * block_size]
         where = {int(b): i for i, b in enumerate(blocks.tolist())}
         index = torch.tensor([where[int(s) // block_size] * block_size + int(s) % block_size for s in slots.tolist()])
-        read = keys[:, index].transpose(0, 1)  # [tokens, kv_heads, head_dim]
-        given = key[: len(slots)].reshape(len(slots), keys.shape[0], self.head_dim)
+        read = keys_t[:, :, index].permute(2, 0, 1)  # [tokens, kv_heads, head_dim]
+        given = key[: len(slots)].reshape(len(slots), keys_t.shape[0], self.head_dim)
         return float((read.float() - given.float()).abs().max())
