@@ -1,11 +1,12 @@
 """Keeps a set of child processes running, like compose's `restart: always`: a process that exits is started again.
 
-Services start in order, each waited on through its own readiness check; with restarts on, one whose process exits
-before it is ready (a transient failure, such as Ray giving up on a busy machine) is started again, up to
-`START_ATTEMPTS` times, with the same back-off. Then one keeper thread per service waits for
-its process to exit and starts it again with the same command and environment (so on the same ports), after an
-exponential back-off: 0.5 s, doubling to 10 s at most, back to 0.5 s once a run has stayed up for 30 s. Every exit and
-every return is said on the console and kept in `history`. Only `stop()` ends it: every process, in reverse order.
+Services start in order, each waited on through its own readiness check (one marked `with_previous` starts together
+with the one before it, both waited on at once); with restarts on, one whose process exits before it is ready (a
+transient failure, such as Ray giving up on a busy machine) is started again, up to `START_ATTEMPTS` times, with the
+same back-off. Then one keeper thread per service waits for its process to exit and starts it again with the same
+command and environment (so on the same ports), after an exponential back-off: 0.5 s, doubling to 10 s at most, back
+to 0.5 s once a run has stayed up for 30 s. Every exit and every return is said on the console and kept in
+`history`. Only `stop()` ends it: every process, in reverse order.
 
 A stopped (SIGSTOP) process has not exited, so it is left alone: a stall is the services' own business.
 """
@@ -43,6 +44,7 @@ class Service:
     spawn: Callable[[], Proc]
     ready: Callable[[], bool]
     start_timeout_s: float = 60.0
+    with_previous: bool = False  # started with the service before it, without waiting for that one to be ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +97,11 @@ class Supervisor:
 
     # ---- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> Supervisor:
-        """Starts every service in order and waits for each to be ready; on any failure stops what started."""
+        """Starts every service in order and waits for each to be ready (those marked `with_previous` together with
+        the one before them); on any failure stops what started."""
         try:
-            for service in self.services:
-                started = time.monotonic()
-                proc = self._first_launch(service)
-                self.say(f"{service.name:<9} ready in {time.monotonic() - started:4.1f} s (pid {proc.pid})")
+            for stage in self._stages():
+                self._start_together(stage)
         except BaseException:
             self.stop()
             raise
@@ -133,6 +134,46 @@ class Supervisor:
                     return event
             time.sleep(0.05)
         raise TimeoutError(f"{name} was not back within {timeout:.0f} s")
+
+    def _stages(self) -> list[list[Service]]:
+        stages: list[list[Service]] = []
+        for service in self.services:
+            if service.with_previous and stages:
+                stages[-1].append(service)
+            else:
+                stages.append([service])
+        return stages
+
+    def _start_together(self, stage: list[Service]) -> None:
+        """Starts the services of one stage at once, each waited on in a thread of its own; the first failure stops
+        every process (so the others' waits end at once) and is raised."""
+        errors: list[BaseException] = []
+        failed = threading.Event()
+
+        def launch(service: Service) -> None:
+            started = time.monotonic()
+            try:
+                proc = self._first_launch(service)
+            except BaseException as error:
+                errors.append(error)
+                failed.set()
+                return
+            self.say(f"{service.name:<9} ready in {time.monotonic() - started:4.1f} s (pid {proc.pid})")
+
+        if len(stage) == 1:
+            launch(stage[0])
+        else:
+            threads = [threading.Thread(target=launch, args=(s,), name=f"start-{s.name}", daemon=True) for s in stage]
+            for thread in threads:
+                thread.start()
+            while any(thread.is_alive() for thread in threads):
+                if failed.wait(0.1):
+                    self.stop()
+                    break
+            for thread in threads:
+                thread.join()
+        if errors:
+            raise errors[0]
 
     # ---- one service ----------------------------------------------------------------------------------------------
     def _first_launch(self, service: Service) -> Proc:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -123,6 +124,31 @@ def test_a_service_that_never_starts_fails_the_start_and_leaves_nothing(tmp_path
     supervisor = Supervisor([first, broken], backoff=QUICK)
     with pytest.raises(RuntimeError, match="broken exited with 2"):
         supervisor.start()
+    assert supervisor.procs == {}
+
+
+def test_services_marked_with_previous_start_together(tmp_path: Path) -> None:
+    # "slow" takes 3 s to be ready; "quick", started with it rather than after it, is ready first.
+    slow = child(tmp_path, "slow", "time.sleep(60)", before_ready="time.sleep(3)\n")
+    quick = child(tmp_path, "quick", "time.sleep(60)")
+    said: list[str] = []
+    supervisor = Supervisor([slow, replace(quick, with_previous=True)], restart=False, say=said.append)
+    supervisor.start()
+    try:
+        assert [line.split()[0] for line in said] == ["quick", "slow"]
+        assert all(proc.alive() for proc in supervisor.procs.values())
+    finally:
+        supervisor.stop()
+
+
+def test_a_service_started_together_that_fails_stops_the_others_at_once(tmp_path: Path) -> None:
+    waiting = Service("waiting", child(tmp_path, "waiting", "time.sleep(60)").spawn, lambda: False, start_timeout_s=30)
+    broken = child(tmp_path, "broken", "sys.exit(2)")
+    supervisor = Supervisor([waiting, replace(broken, with_previous=True)], restart=False)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="broken exited with 2"):
+        supervisor.start()
+    assert time.monotonic() - started < 15, "the start waited for the other service's time-out"
     assert supervisor.procs == {}
 
 
