@@ -26,19 +26,18 @@ import torch
 
 from services.inference.engine.capture import reduce
 
-# Reads the keys of the listed blocks [requests, n] as [requests, kv_heads, head_dim, n * block_size]: transposed,
-# which is how q·Kᵀ wants them (and how vLLM's CPU kernels store them).
+# Reads the keys of the listed blocks [requests, n] as [requests, n, kv_heads, head_dim, block_size]: transposed per
+# block, which is how q·Kᵀ wants them (and how vLLM's CPU kernels store them), and only the keys are copied.
 KeyReader = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def _cpu_vec_keys(kv_cache: torch.Tensor, blocks: torch.Tensor, head_dim: int) -> torch.Tensor:
     """vLLM's CPU kernels (ISA `vec`, `vec16`): [blocks, kv_heads, block_size, 2·head_dim], where each block and head
     holds its keys transposed ([head_dim, block_size]) followed by its values ([block_size, head_dim])."""
-    _, kv_heads, block_size, _ = kv_cache.shape
+    total, kv_heads, block_size, _ = kv_cache.shape
+    keys_t = kv_cache.view(total, kv_heads, 2, head_dim, block_size)[:, :, 0]  # a view: the values are never read
     r, n = blocks.shape
-    raw = kv_cache.index_select(0, blocks.reshape(-1)).reshape(r, n, kv_heads, 2 * block_size * head_dim)
-    keys_t = raw[..., : block_size * head_dim].reshape(r, n, kv_heads, head_dim, block_size)
-    return keys_t.permute(0, 2, 3, 1, 4).reshape(r, kv_heads, head_dim, n * block_size)
+    return keys_t.index_select(0, blocks.reshape(-1)).reshape(r, n, kv_heads, head_dim, block_size)
 
 
 KEY_LAYOUTS: dict[tuple[str, str], KeyReader] = {
@@ -153,9 +152,11 @@ class Capture:
             return
         # Every capturing request at once: its last query of the step against its keys, padded to the longest.
         kv_heads = int(kv_cache.shape[1])
-        q = query.index_select(0, step.last).reshape(len(step.ids), kv_heads, -1, self.head_dim).float()
-        keys_t = self.read_keys(kv_cache, step.blocks, self.head_dim).float()  # [R, kv_heads, head_dim, N]
-        scores = torch.matmul(q, keys_t).reshape(len(step.ids), self.num_heads, -1) * self.scale
+        r = len(step.ids)
+        q = query.index_select(0, step.last).reshape(r, 1, kv_heads, -1, self.head_dim).float()
+        keys_t = self.read_keys(kv_cache, step.blocks, self.head_dim).float()  # [R, n, kv_heads, head_dim, block]
+        # Block by block, as stored: [R, n, kv_heads, group, block]; only these scores (not the keys) are reordered.
+        scores = torch.matmul(q, keys_t).permute(0, 2, 3, 1, 4).reshape(r, self.num_heads, -1) * self.scale
         step.layers.append(torch.softmax(scores.masked_fill_(step.beyond, float("-inf")), dim=-1))
         if index == len(self.layers) - 1:
             self._finish(step)
@@ -200,9 +201,8 @@ class Capture:
         slots = metadata.slot_mapping[: metadata.num_actual_tokens]
         block_size = int(kv_cache.shape[2])
         blocks = torch.unique(torch.div(slots, block_size, rounding_mode="floor"))
-        keys_t = self.read_keys(kv_cache, blocks[None], self.head_dim)[0]  # [kv_heads, head_dim, n * block_size]
+        keys_t = self.read_keys(kv_cache, blocks[None], self.head_dim)[0]  # [n, kv_heads, head_dim, block_size]
         where = {int(b): i for i, b in enumerate(blocks.tolist())}
-        index = torch.tensor([where[int(s) // block_size] * block_size + int(s) % block_size for s in slots.tolist()])
-        read = keys_t[:, :, index].permute(2, 0, 1)  # [tokens, kv_heads, head_dim]
-        given = key[: len(slots)].reshape(len(slots), keys_t.shape[0], self.head_dim)
+        read = torch.stack([keys_t[where[int(s) // block_size], :, :, int(s) % block_size] for s in slots.tolist()])
+        given = key[: len(slots)].reshape(len(slots), keys_t.shape[1], self.head_dim)
         return float((read.float() - given.float()).abs().max())
