@@ -388,6 +388,7 @@ class Worker:
         cache = self.sessions.pop(session_id)
         if cache is not None:
             forgot.cached, forgot.kv_bytes, forgot.cold_bytes = True, cache.nbytes, cache.cold.nbytes
+            await self.engine_thread.run(self.engine.drop, cache)  # what the engine keeps of it beyond the object
         await self.affinity.release(session_id)
         self._gauges()
         log.info("%s: session %s forgotten%s", self.worker_id, session_id, " (its cache dropped)" if cache else "")

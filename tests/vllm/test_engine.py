@@ -109,6 +109,20 @@ def test_a_prune_reprefills_the_survivors_and_reuses_the_cached_prefix(
     assert cache.reused == 2 * BLOCK_SIZE  # the blocks before the first pruned token came from the prefix cache
 
 
+def test_dropping_a_session_empties_the_prefix_cache(vllm_engine: VllmEngine) -> None:
+    context = prompt(vllm_engine, " ".join(f"Line {i} of a private note." for i in range(12)))
+    first = vllm_engine.new_cache()
+    vllm_engine.forward([entry(first, context, None)])
+    again = vllm_engine.new_cache()
+    vllm_engine.forward([entry(again, context, None)])
+    assert again.reused is not None and again.reused >= BLOCK_SIZE  # the same prompt came from the prefix cache
+    vllm_engine.drop(first)
+    vllm_engine.drop(again)
+    after = vllm_engine.new_cache()
+    vllm_engine.forward([entry(after, context, None)])
+    assert after.reused == 0, "an erased session's blocks outlived it"
+
+
 def test_a_rebuild_starts_from_the_given_tokens(vllm_engine: VllmEngine, eager: PreTrainedModel) -> None:
     context = prompt(vllm_engine, "Red, green, blue and")
     cache = vllm_engine.new_cache()

@@ -95,6 +95,9 @@ class Engine:
     def new_cache(self) -> SessionCache:
         return SessionCache(self.num_layers)
 
+    def drop(self, cache: SessionCache) -> None:
+        """Lets go of a session's cache for good (its erase): here its tensors go with the object, nothing to do."""
+
     def evict(self, cache: SessionCache, positions: list[int], cold: bool = False) -> None:
         """Removes the tokens at `positions` from every layer in place; survivors keep their RoPE positions.
         With `cold`, the removed keys and values move to the session's cold tier (recall is on)."""

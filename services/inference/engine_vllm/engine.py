@@ -197,6 +197,15 @@ class VllmEngine:
     def new_cache(self) -> VllmCache:
         return VllmCache()
 
+    def drop(self, cache: SessionCache) -> None:
+        """Lets go of a session for good (its erase): its request ends, and vLLM's prefix cache is emptied, since its
+        blocks would otherwise outlive the session (running requests recompute theirs: an erase is rare)."""
+        if isinstance(cache, VllmCache) and cache.request is not None:
+            self._retire({r for r in self._live if r != cache.request})
+            cache.request = None
+        if not self.llm.reset_prefix_cache(reset_running_requests=True):
+            raise RuntimeError("vLLM did not empty its prefix cache")
+
     def evict(self, cache: SessionCache, positions: list[int], cold: bool = False) -> None:
         """Drops the tokens at `positions`; the next forward re-prefills the rest (prefix caching keeps the blocks
         before the first dropped one). `cold` is ignored: there is no cold tier here (recall is refused)."""
