@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,14 @@ from devstack.stack import Stack
 from tests.support import run_guard
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+# A test run shares two cores between the engines and every service it starts. OpenMP threads spin at barriers by
+# default, and a spinning thread whose partner was descheduled burns its slice: measured under such load, the native
+# engine decoded 2.5-6x slower and vLLM's 5.6x slower than with passive waiting (on a quiet machine spinning wins at
+# 8 conversations, 70 against 45 tokens/s, so the services leave it to the operator: docs/vllm.md). Read when torch
+# (or vLLM's runtime) loads, which no import above does; the processes the tests start inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("KMP_BLOCKTIME", "0")  # Intel's OpenMP (vLLM's CPU kernels): the same, in its own words
 
 # tests/vllm import vLLM, which lives in its own environment (.venv-vllm): `make test-vllm` runs them there.
 collect_ignore = [] if importlib.util.find_spec("vllm") is not None else ["vllm"]

@@ -144,12 +144,6 @@ class VllmEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if self.config.threads is not None:
             os.environ.setdefault("OMP_NUM_THREADS", str(self.config.threads))
-        # vLLM's CPU kernels run on Intel's OpenMP, whose threads spin for 200 ms at every barrier by default. On a
-        # machine shared with other work (several workers, the tracker, tests) a spinning thread whose partner was
-        # descheduled wastes its whole slice: measured here, 12 decode steps took 5.6x as long under load. Waiting
-        # passively costs a little latency on an idle machine; an operator who owns the cores can set these.
-        os.environ.setdefault("KMP_BLOCKTIME", "0")
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from vllm import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
