@@ -4,6 +4,9 @@ the worker-test harness (real tracker process, real Redis) with the vLLM engine 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -32,3 +35,17 @@ def eager() -> PreTrainedModel:
         EngineConfig().model_path, dtype=torch.float32, attn_implementation="eager"
     )
     return model.eval()
+
+
+@pytest.fixture
+def unknown_architecture(tmp_path: Path) -> Path:
+    """The embedded model's files, with a config.json naming an architecture no library knows."""
+    model = Path(EngineConfig().model_path)
+    broken = tmp_path / "unknown-architecture"
+    broken.mkdir()
+    for file in model.iterdir():
+        if file.name != "config.json":
+            (broken / file.name).symlink_to(file)
+    config = json.loads((model / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchModelForCausalLM"]}))
+    return broken

@@ -3,7 +3,6 @@ inside a batch of unequal requests; greedy tokens; a prune by re-prefill that re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -188,19 +187,14 @@ def test_snapshots_and_recall_are_refused_clearly(vllm_engine: VllmEngine) -> No
     assert len(cache) == 0
 
 
-def test_a_model_vllm_cannot_load_is_refused_at_start(tmp_path: Path) -> None:
-    model = Path(EngineConfig().model_path)
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
-    for file in model.iterdir():
-        (broken / file.name).symlink_to(file)
-    config = json.loads((model / "config.json").read_text())
-    (broken / "config.json").unlink()
-    (broken / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchModelForCausalLM"]}))
-    with pytest.raises(EngineStartError, match="vLLM could not start broken-model"):
-        VllmEngine(EngineConfig(model_path=str(broken)), VllmOptions(max_model_len=256, kv_cache_bytes=64 << 20))
+def test_a_model_vllm_cannot_load_is_refused_at_start(unknown_architecture: Path, tmp_path: Path) -> None:
+    with pytest.raises(EngineStartError, match="vLLM could not start unknown-architecture"):
+        options = VllmOptions(max_model_len=256, kv_cache_bytes=64 << 20)
+        VllmEngine(EngineConfig(model_path=str(unknown_architecture)), options)
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(EngineInputError, match=r"holds no config\.json"):
-        VllmEngine(EngineConfig(model_path=str(tmp_path)))
+        VllmEngine(EngineConfig(model_path=str(empty)))
 
 
 def test_options_vllm_refuses_are_refused_at_start() -> None:

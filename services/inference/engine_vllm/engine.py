@@ -274,7 +274,7 @@ class VllmEngine:
         request is aborted (the next forward re-adds them; prefix caching keeps that cheap)."""
         for entry in entries:
             self.check(entry)
-        caches: list[VllmCache] = [entry.cache for entry in entries]  # type: ignore[misc]
+        caches: list[VllmCache] = [entry.cache for entry in entries]  # type: ignore[misc]  # check() made sure
         if len({id(c) for c in caches}) != len(caches):
             raise EngineInputError("forward: one cache appears twice in the batch")
         started = time.perf_counter()
@@ -282,11 +282,13 @@ class VllmEngine:
         wanted = [i for i, e in enumerate(entries) if e.logits or e.capture is not None]
         try:
             for entry, cache in zip(entries, caches, strict=True):
-                continues = cache.request is not None and entry.token_ids == [cache.sampled]
+                continues = cache.request in self._live and entry.token_ids == [cache.sampled]
                 cache.positions.extend(entry.positions)
                 cache.token_ids.extend(entry.token_ids)
-                if not continues:
-                    cache.request = None  # a prompt, or a cache changed under its request: a new one is added
+                if not continues:  # a prompt, a cache changed under its request, or one vLLM finished: a new one
+                    if cache.request is not None and cache.request not in self._live:
+                        self._forget(cache.request)
+                    cache.request = None
             self._retire({caches[i].request for i in wanted} - {None})
             for i in wanted:
                 cache, entry = caches[i], entries[i]
@@ -359,8 +361,11 @@ class VllmEngine:
             return
         self.llm.abort_request(gone)
         for request in gone:
-            self.capture.wanted.pop(self._internal.pop(request, request), None)
+            self._forget(request)
             del self._live[request]
+
+    def _forget(self, request: str) -> None:
+        self.capture.wanted.pop(self._internal.pop(request, request), None)
 
     def _step_until(self, caches: list[VllmCache]) -> None:
         for _ in range(MAX_STEPS_PER_FORWARD):
@@ -374,9 +379,8 @@ class VllmEngine:
                     cache.outputs.extend(completion.token_ids)
                 if cache.reused is None:
                     cache.reused = int(out.num_cached_tokens or 0)
-                if out.finished:  # only at the model's length limit: later forwards start a new request
+                if out.finished:  # only at the model's length limit: its last token is still this forward's
                     self._live.pop(out.request_id, None)
-                    cache.request = None
         if not all(c.outputs for c in caches):
             raise RuntimeError(f"vLLM gave no token in {MAX_STEPS_PER_FORWARD} steps")
 
