@@ -15,12 +15,16 @@ from services.inference.engine import EngineConfig
 from services.inference.engine_vllm import VllmEngine, VllmOptions
 from tests.inference.conftest import chat, start_worker, tracker_addr  # noqa: F401  (the worker harness)
 
-MAX_MODEL_LEN = 2048
+# Small enough that two prompts of 300 tokens exceed vLLM's per-step budget (max(step tokens, model length)).
+MAX_MODEL_LEN = 512
 
 
 @pytest.fixture(scope="session")
 def vllm_engine() -> VllmEngine:
-    return VllmEngine(EngineConfig(threads=2), VllmOptions(max_model_len=MAX_MODEL_LEN, kv_cache_bytes=512 << 20))
+    """The one vLLM engine of the test process: vLLM keeps per-process global state (its parallel groups), and a
+    second engine started and dropped in the same process tears it down under the first."""
+    options = VllmOptions(max_model_len=MAX_MODEL_LEN, max_step_tokens=MAX_MODEL_LEN, kv_cache_bytes=256 << 20)
+    return VllmEngine(EngineConfig(threads=2), options)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from services.inference.engine import BatchEntry, EngineConfig, EngineInputError
 from services.inference.engine.capture import CAPTURE_MODES, reduce
 from services.inference.engine_vllm import EngineStartError, NotSupported, VllmCache, VllmEngine, VllmOptions
 from services.inference.engine_vllm.engine import BLOCK_SIZE
+from tests.vllm.conftest import MAX_MODEL_LEN
 
 ROW_TOL = 1e-5  # float32 rows; vLLM's CPU kernels and eager attention differ only in summation order
 FULL_TOL = 2e-3  # `full` ships float16
@@ -203,3 +204,29 @@ def test_options_vllm_refuses_are_refused_at_start() -> None:
         VllmEngine(EngineConfig(), too_long)
     with pytest.raises(EngineStartError, match="CPUs only"):
         VllmEngine(EngineConfig(device="cuda"))
+
+
+def test_a_forward_that_takes_several_vllm_steps_keeps_every_request_in_step(
+    vllm_engine: VllmEngine, eager: PreTrainedModel
+) -> None:
+    """Two prompts larger together than vLLM's per-step budget: vLLM prefills the second over two steps, and the
+    first request samples a token in each. The extra token waits for the forward that asks for it; rows and tokens
+    stay right."""
+    assert MAX_MODEL_LEN < 2 * 300
+    seeds = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    prompts = [[int(t) for t in torch.randint(100, 40000, (300,), generator=g)] for g in seeds]
+    caches = [vllm_engine.new_cache() for _ in prompts]
+    outs = vllm_engine.forward([entry(c, p, "mean") for c, p in zip(caches, prompts, strict=True)])
+    assert len(caches[0].outputs) == 1, "the first request ran ahead by one step"
+    steps: list[list[StepOutput]] = [[], []]
+    for step in range(3):
+        for out, seen in zip(outs, steps, strict=True):
+            assert out is not None
+            seen.append(out)
+        if step < 2:
+            outs = vllm_engine.forward([entry(c, [s[-1].token], "mean") for c, s in zip(caches, steps, strict=True)])
+    for p, seen in zip(prompts, steps, strict=True):
+        rows, tokens = references(eager, p + [out.token for out in seen][:-1], len(seen))
+        assert [out.token for out in seen] == tokens
+        for out, row in zip(seen, rows, strict=True):
+            np.testing.assert_allclose(out.attention, reduce(row, "mean").numpy(), atol=ROW_TOL)

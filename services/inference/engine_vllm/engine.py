@@ -22,7 +22,8 @@ the tracker protocol and every service above are unchanged. What differs underne
   session's blocks while they fit).
 
 Capture runs inside vLLM's forward (engine_vllm/capture.py). vLLM runs in this process (no engine-core process), so
-the hooks hand their rows straight to this object.
+the hooks hand their rows straight to this object. One engine per process: vLLM keeps per-process global state (its
+parallel groups), which a second engine, once dropped, tears down under the first; a worker has one.
 """
 
 from __future__ import annotations
