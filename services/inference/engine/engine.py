@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from services.common import model_store
 
 from . import attention, recall
+from .base import EngineBase
 from .batch import Batch, BatchCache, BatchEntry
 from .capture import CaptureSink, check_mode
 from .cold import ColdChunk
@@ -47,7 +48,7 @@ class Probe:
     softcap: float | None
 
 
-class Engine:
+class Engine(EngineBase):
     def __init__(self, config: EngineConfig, model: PreTrainedModel | None = None, tokenizer: Any = None) -> None:
         """Loads the model from `config.model_path`; `model`/`tokenizer` inject an already built one (benchmarks
         use randomly initialised models at real shapes, which have no directory to load from)."""
@@ -76,15 +77,8 @@ class Engine:
             if injected
             else model_store.display_name(path)
         )
-        self.num_layers = int(text.num_hidden_layers)
-        self.num_heads = int(text.num_attention_heads)
-        self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
-        self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // self.num_heads)
-        self.vocab_size = int(text.vocab_size)
+        self._read_shape(text, config.torch_dtype)
         self.dtype = config.dtype
-        # Keys and values of every layer for one token: what a conversation's cache grows by per token.
-        itemsize = torch.empty((), dtype=config.torch_dtype).element_size()
-        self.kv_bytes_per_token = self.num_layers * 2 * self.num_kv_heads * self.head_dim * itemsize
         self.device = config.device
         self.tokenizer_fingerprint = model_store.tokenizer_fingerprint(path) if path.exists() else ""
         self.eos_token_ids = eos_ids(getattr(model, "generation_config", None), self.tokenizer)
@@ -199,17 +193,6 @@ class Engine:
         return cache
 
     # ---- forwards -----------------------------------------------------------------------------------------------
-
-    def prefill(
-        self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None
-    ) -> StepOutput:
-        """Appends tokens at their RoPE positions; captures only the last query's row. A batch of one."""
-        out = self.forward([BatchEntry(cache, token_ids, positions, capture)])[0]
-        assert out is not None
-        return out
-
-    def decode(self, cache: SessionCache, token_id: int, position: int, capture: str | None) -> StepOutput:
-        return self.prefill(cache, [token_id], [position], capture)
 
     def check(self, entry: BatchEntry) -> None:
         """Refuses an entry before anything runs: EngineInputError, and no cache has changed."""

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from services.common import model_store
@@ -51,6 +50,7 @@ from services.inference.engine import (
     SessionCache,
     StepOutput,
 )
+from services.inference.engine.base import EngineBase
 from services.inference.engine.capture import check_mode
 from services.inference.engine.cold import ColdChunk
 from services.inference.engine.errors import check_tokens
@@ -99,7 +99,7 @@ class VllmCache(SessionCache):
         super().truncate(length)
 
 
-class VllmEngine:
+class VllmEngine(EngineBase):
     kind = "vllm"
 
     def __init__(self, config: EngineConfig, options: VllmOptions | None = None) -> None:
@@ -114,14 +114,8 @@ class VllmEngine:
             raise EngineStartError(f"device {config.device}: the installed vLLM build runs on CPUs only")
         text = AutoConfig.from_pretrained(str(path)).get_text_config(decoder=True)
         self.model_name = model_store.display_name(path)
-        self.num_layers = int(text.num_hidden_layers)
-        self.num_heads = int(text.num_attention_heads)
-        self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
-        self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // self.num_heads)
-        self.vocab_size = int(text.vocab_size)
+        self._read_shape(text, config.torch_dtype)
         self.dtype = config.dtype
-        itemsize = torch.empty((), dtype=config.torch_dtype).element_size()
-        self.kv_bytes_per_token = self.num_layers * 2 * self.num_kv_heads * self.head_dim * itemsize
         self.device = config.device
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.tokenizer_fingerprint = model_store.tokenizer_fingerprint(path)
@@ -241,16 +235,6 @@ class VllmEngine:
         raise NotSupported("recall is not available on the vLLM engine")
 
     # ---- forwards -----------------------------------------------------------------------------------------------
-
-    def prefill(
-        self, cache: SessionCache, token_ids: list[int], positions: list[int], capture: str | None
-    ) -> StepOutput:
-        out = self.forward([BatchEntry(cache, token_ids, positions, capture)])[0]
-        assert out is not None
-        return out
-
-    def decode(self, cache: SessionCache, token_id: int, position: int, capture: str | None) -> StepOutput:
-        return self.prefill(cache, [token_id], [position], capture)
 
     def check(self, entry: BatchEntry) -> None:
         if not entry.token_ids:
