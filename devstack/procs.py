@@ -97,8 +97,9 @@ class Proc:
         self._log.close()
 
 
-def python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+def python_module(module: str, *args: str, python: str | None = None) -> list[str]:
+    """`python -m module args`, with this interpreter unless another environment's is named."""
+    return [python or sys.executable, "-m", module, *args]
 
 
 def redis_argv(data_dir: Path, port: int, appendonly: bool = False) -> list[str]:

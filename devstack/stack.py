@@ -163,7 +163,7 @@ class Stack:
         for name in SERVICES:
             if name in self.services:
                 python = vllm_python() if name == "inference" and self.engine == "vllm" else None
-                argv = [python, "-m", f"services.{name}"] if python else python_module(f"services.{name}")
+                argv = python_module(f"services.{name}", python=python)
                 spawn = functools.partial(Proc, name, argv, env, logs / f"{name}.log")
                 # Tracker, snapshot and inference need only Redis to start: they start together (the inference
                 # service's Ray and model take ~13 s, the others' ~5 s then pass meanwhile). The gateway follows.
