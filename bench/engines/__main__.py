@@ -17,7 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from devstack.procs import python_module
 from devstack.vllm_env import vllm_python
+
+from .workload import add_workload, workload_argv
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "engines.json"
 ENGINES = ("native", "vllm")
@@ -27,12 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__)
     p.add_argument("--quick", action="store_true", help="1 and 4 requests, 8 new tokens, a 256-token prune, 1 repeat")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--prune-context", type=int, default=1024)
-    p.add_argument("--prune-count", type=int, default=256)
-    p.add_argument("--threads", type=int, default=2)
+    add_workload(p)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
@@ -42,13 +40,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def probe(engine: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    python = vllm_python() if engine == "vllm" else sys.executable
-    argv = [python, "-m", "bench.engines.probe", "--engine", engine, "--threads", str(args.threads)]
-    argv += ["--concurrency", *map(str, args.concurrency), "--new-tokens", str(args.new_tokens)]
-    argv += ["--prompt-tokens", str(args.prompt_tokens)]
-    argv += ["--prune-context", str(args.prune_context), "--prune-count", str(args.prune_count)]
-    # Both engines' OpenMP threads wait passively (the vLLM engine sets this for itself): on a machine shared with
-    # other work, spinning threads make a run measure the contention rather than the engine.
+    python = vllm_python() if engine == "vllm" else None
+    argv = python_module("bench.engines.probe", "--engine", engine, *workload_argv(args), python=python)
+    # Both engines' OpenMP threads wait passively: on a machine shared with other work, spinning threads make a run
+    # measure the contention rather than the engine (docs/vllm.md).
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
     done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:

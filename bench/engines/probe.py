@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.engines.workload import add_workload
 from services.inference.engine import BatchEntry, Engine, EngineConfig, StepOutput
 
 SEED = 20261208
@@ -89,12 +90,7 @@ def prune(engine: Engine, context: int, count: int, where: str, seed: int) -> di
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engines.probe", description=__doc__)
     p.add_argument("--engine", choices=["native", "vllm"], required=True)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--prune-context", type=int, default=1024)
-    p.add_argument("--prune-count", type=int, default=256)
+    add_workload(p)
     p.add_argument("--seed", type=int, default=SEED)
     args = p.parse_args(argv)
     engine = build(args.engine, args.threads, args.prune_context + 64, max(args.concurrency))
