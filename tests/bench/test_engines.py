@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 @pytest.mark.slow
 def test_quick_run_compares_both_engines(tmp_path: Path) -> None:
     out = tmp_path / "engines.json"
-    command = [sys.executable, "-m", "bench.engines", "--quick", "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "capture cost" in done.stdout and "vLLM re-prefill" in done.stdout and "load average" in done.stdout
+    stdout = run_bench("engines", "--quick", "--out", str(out), timeout=400)
+    assert "capture cost" in stdout and "vLLM re-prefill" in stdout and "load average" in stdout
     results = json.loads(out.read_text())
     assert [row["requests"] for row in results["batch"]] == [1, 4]
     for row in results["batch"]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 @pytest.mark.slow
@@ -20,10 +18,8 @@ def test_quick_run_tabulates_outcomes_and_recovery(tmp_path: Path) -> None:
     # Replies of 20 tokens, as in tests/e2e/test_faults.py: still cut in the middle (the fault strikes after 2), and
     # the run is ~8 s shorter than with the bench's 48.
     short = ["--max-new-tokens", "20"]
-    command = [sys.executable, "-m", "bench.faults", "--quick", "--repeats", "1", *only, *short, "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "completed once" in done.stdout and "recovery median s" in done.stdout
+    stdout = run_bench("faults", "--quick", "--repeats", "1", *only, *short, "--out", str(out), timeout=400)
+    assert "completed once" in stdout and "recovery median s" in stdout
     (table,) = json.loads(out.read_text())["tables"]
     rows = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["rows"]}
     assert set(rows) == {"no fault", "SIGKILL snapshot"}

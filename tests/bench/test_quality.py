@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,8 +21,7 @@ from services.tracker.engine import Engine as Tracker
 from services.tracker.settings import PRUNE_POLICIES
 from services.tracker.store import Store
 from services.tracker.template import ChatTemplate
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -173,10 +170,8 @@ def test_summarise_pools_an_extended_run(tmp_path: Path, capsys: pytest.CaptureF
 def test_quick_run_writes_results_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`python -m bench.quality --quick` (what `make test` runs as a smoke test): Ray actor, every task and policy."""
     out, figure = tmp_path / "quality.json", tmp_path / "quality.png"
-    command = [sys.executable, "-m", "bench.quality", "--quick", "--out", str(out), "--figure", str(figure)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=500)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "conversations/min" in done.stdout and "gap closed" in done.stdout
+    stdout = run_bench("quality", "--quick", "--out", str(out), "--figure", str(figure), timeout=500)
+    assert "conversations/min" in stdout and "gap closed" in stdout
     results = json.loads(out.read_text())
     rows = {(r["task"], r["policy"]) for r in results["summary"]}
     assert rows == {(t, p) for t in TASKS for p in (*PRUNE_POLICIES, "none", "fact_removed")}

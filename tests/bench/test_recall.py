@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.support import run_bench
 
 
 @pytest.mark.slow
 def test_quick_run_measures_every_operation(tmp_path: Path) -> None:
     out = tmp_path / "recall.json"
-    command = [sys.executable, "-m", "bench.recall", "--quick", "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "to cold ÷ in place" in done.stdout and "spread" in done.stdout
+    stdout = run_bench("recall", "--quick", "--out", str(out), timeout=300)
+    assert "to cold ÷ in place" in stdout and "spread" in stdout
     (row,) = json.loads(out.read_text())["rows"]
     for name in ("decode step", "evict in place", "evict to cold", "probe: score the cold tier", "per_message_s"):
         assert row[name] > 0
